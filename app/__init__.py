@@ -1,0 +1,1 @@
+"""spark-control: the web front and the contracts shared with the workers."""

@@ -1,0 +1,272 @@
+"""NATS connection shared by the web front and the workers: streams, buckets, publishing.
+
+Everything here speaks the contract in ``app.contracts``; nats errors become ``BusUnavailable``.
+No web framework is imported, so workers use this module too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from app import contracts as c
+from app.config import Settings
+from app.errors import BusUnavailable, Conflict
+
+log = logging.getLogger(__name__)
+
+MSG_ID = "Nats-Msg-Id"
+RETRYABLE = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.js.errors.NoStreamResponseError,
+    asyncio.TimeoutError,
+)
+
+
+@dataclass
+class Bus:
+    """A connected client with JetStream and the project's buckets."""
+
+    nc: NatsClient
+    js: JetStreamContext
+    settings: Settings
+    kv: dict[str, KeyValue] = field(default_factory=dict)
+    publish_retry_s: float = 120.0
+
+    @property
+    def jobs(self) -> KeyValue:
+        return self.kv[c.JOBS_BUCKET]
+
+    @property
+    def state(self) -> KeyValue:
+        return self.kv[c.STATE_BUCKET]
+
+    # --- setup ---------------------------------------------------------------------------
+
+    async def ensure(self) -> None:
+        """Create (or update) the streams and buckets; safe to run from every process."""
+        s = self.settings
+        await self._stream(
+            StreamConfig(
+                name=c.CMD_STREAM,
+                subjects=[c.CMD_HOST_WILDCARD],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                duplicate_window=s.dedupe_window_s,
+                max_msg_size=c.MAX_COMMAND_BYTES,
+            )
+        )
+        await self._stream(
+            StreamConfig(
+                name=c.EVT_STREAM,
+                subjects=[c.EVT_WILDCARD],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=s.event_max_age_days * 86400,
+                duplicate_window=s.dedupe_window_s,
+            )
+        )
+        for bucket in c.BUCKETS:
+            try:
+                self.kv[bucket] = await self.js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                self.kv[bucket] = await self.js.create_key_value(
+                    KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
+                )
+
+    async def _stream(self, config: StreamConfig) -> None:
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await self.js.update_stream(config)  # an older config: bring it up to date
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+    # --- publishing ----------------------------------------------------------------------
+
+    async def publish_command(
+        self, host: str, action: str, command: c.Command, msg_id: str
+    ) -> bool:
+        """Publish a host command into SPARK_CMD. Returns False when it was a duplicate."""
+        ack = await self._js_publish(
+            c.cmd_host(host, action), c.encode(command), {MSG_ID: msg_id}, retry_s=5.0
+        )
+        return not ack.duplicate
+
+    async def publish_event(self, subject: str, event: c.Event, msg_id: str | None = None) -> int:
+        """Publish an event and wait for the stream to hold it, riding out a NATS restart.
+
+        ``msg_id`` makes a retried publish idempotent. Returns the stream sequence.
+        """
+        headers = {MSG_ID: msg_id} if msg_id else None
+        ack = await self._js_publish(subject, c.encode(event), headers, self.publish_retry_s)
+        return int(ack.seq)
+
+    async def _js_publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None, retry_s: float
+    ) -> nats.js.api.PubAck:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + retry_s
+        delay = 0.05
+        while True:
+            try:
+                return await self.js.publish(subject, payload, timeout=2.0, headers=headers)
+            except RETRYABLE as exc:
+                if loop.time() + delay > deadline:
+                    raise BusUnavailable("message bus did not acknowledge in time") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> tuple[c.JobRecord, int] | None:
+        try:
+            entry = await self.jobs.get(c.job_key(job_id))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        return c.decode_job(entry.value), int(entry.revision or 0)
+
+    async def create_job(self, job: c.JobRecord) -> int | None:
+        """Create the record; None if one already exists."""
+        try:
+            return int(await self.jobs.create(c.job_key(job.id), c.encode(job)))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+
+    async def update_job(self, job: c.JobRecord, revision: int) -> int:
+        """Compare-and-set write; Conflict when someone else wrote first."""
+        try:
+            return int(await self.jobs.update(c.job_key(job.id), c.encode(job), last=revision))
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise Conflict("job record changed concurrently") from exc
+
+    async def list_jobs(self, limit: int = 200) -> list[c.JobRecord]:
+        try:
+            keys = await self.jobs.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        found = await asyncio.gather(*(self.get_job(k) for k in keys))
+        jobs = [j for j, _ in filter(None, found)]
+        jobs.sort(key=lambda j: j.created_at, reverse=True)
+        return jobs[:limit]
+
+    async def get_host_state(self, host: str) -> c.HostState | None:
+        try:
+            entry = await self.state.get(c.host_state_key(host))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return c.decode_host_state(entry.value) if entry.value else None
+
+    async def put_host_state(self, state: c.HostState) -> None:
+        await self.state.put(c.host_state_key(state.host), c.encode(state))
+
+    # --- replay --------------------------------------------------------------------------
+
+    async def job_events(
+        self, job_id: str, after_seq: int = 0, idle_timeout: float | None = None
+    ) -> AsyncIterator[tuple[int, c.Event]]:
+        """A job's events from the start (or after ``after_seq``), then live, until final."""
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after_seq else DeliverPolicy.ALL,
+            opt_start_seq=after_seq + 1 if after_seq else None,
+        )
+        sub = await self.js.subscribe(
+            c.evt_job_filter(job_id), ordered_consumer=True, config=config
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=idle_timeout or 3600)
+                except nats.errors.TimeoutError:
+                    if idle_timeout:
+                        return
+                    continue
+                try:
+                    event = c.decode_event(msg.data)
+                except msgspec.DecodeError:
+                    continue
+                yield int(msg.metadata.sequence.stream), event
+                if event.kind in c.FINAL_KINDS:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+
+async def connect(
+    settings: Settings,
+    name: str,
+    url: str | None = None,
+    on_state: Callable[[str], None] | None = None,
+    connect_timeout_s: float = 30.0,
+) -> Bus:
+    """Connect (retrying while the server starts) and ensure streams and buckets exist."""
+    server = url or settings.nats_url or "nats://127.0.0.1:4222"
+
+    async def _cb(state: str) -> None:
+        log.info("nats %s", state)
+        if on_state:
+            on_state(state)
+
+    async def disconnected() -> None:
+        await _cb("disconnected")
+
+    async def reconnected() -> None:
+        await _cb("reconnected")
+
+    async def error_cb(exc: Exception) -> None:
+        log.debug("nats error: %s", exc)
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + connect_timeout_s
+    while True:
+        try:
+            nc = await nats.connect(
+                server,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=2,
+                allow_reconnect=True,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error_cb,
+            )
+            break
+        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
+            if loop.time() > deadline:
+                raise BusUnavailable(f"cannot reach NATS at {_safe_url(server)}") from exc
+            await asyncio.sleep(0.25)
+    bus = Bus(nc=nc, js=nc.jetstream(timeout=5.0), settings=settings)
+    await bus.ensure()
+    return bus
+
+
+def _safe_url(url: str) -> str:
+    """The URL without credentials, for messages."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url.rpartition("@")[2]

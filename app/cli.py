@@ -1,0 +1,72 @@
+"""``spark-control``: ``up`` (the whole stack), ``web``, ``worker ssh``, ``worker signer``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from app.config import ConfigError, Settings, ensure_data_dir, load_settings
+
+CONFIG_EXIT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spark-control", description=__doc__)
+    p.add_argument("--config", help="settings file (YAML); default $SPARK_CONTROL_CONFIG")
+    sub = p.add_subparsers(dest="part", required=True)
+    sub.add_parser("up", help="run NATS (unless NATS_URL is set), the web front and both workers")
+    sub.add_parser("web", help="run the web front only")
+    worker = sub.add_parser("worker", help="run one worker")
+    worker.add_argument("kind", choices=["ssh", "signer"])
+    return p
+
+
+def _web(settings: Settings) -> None:
+    import uvicorn
+
+    from app.web import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.bind_host,
+        port=settings.bind_port,
+        log_level=settings.log_level,
+        lifespan="on",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
+        ensure_data_dir(settings)
+        if args.part == "up":
+            from app.supervisor import up
+
+            return up(settings, args.config)
+        if args.part == "web":
+            _web(settings)
+        elif args.kind == "ssh":
+            from workers.ssh_executor import serve
+
+            asyncio.run(serve(settings))
+        else:
+            from workers.blob_signer import serve as serve_signer
+
+            asyncio.run(serve_signer(settings))
+    except ConfigError as exc:
+        print(f"spark-control: {exc}", file=sys.stderr)
+        return CONFIG_EXIT
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

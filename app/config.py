@@ -1,0 +1,198 @@
+"""Settings: defaults → settings file (YAML) → environment → validation.
+
+Every setting has an environment name (``SPARK_CONTROL_<KEY>``, plus the earlier dashboard's
+names kept working). Errors name the key and where it came from, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from app.contracts import HOST_ALIAS
+
+LOCAL_HOST = "local"
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or unusable; the message names the key."""
+
+
+class HostConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One GPU host. ``transport: local`` runs commands on this machine without SSH."""
+
+    alias: str = ""
+    address: str = ""
+    user: str | None = None
+    port: int = 22
+    transport: Literal["ssh", "local"] = "ssh"
+    key_path: str | None = None
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    data_dir: str = str(Path("~/.local/share/spark-control").expanduser())
+    bind_host: str = "127.0.0.1"
+    bind_port: int = 9999
+    nats_url: str | None = None
+    """External NATS; when unset, ``spark-control up`` starts the embedded server."""
+    hosts: list[HostConfig] = msgspec.field(default_factory=list)
+    ssh_key_path: str | None = None
+    ssh_known_hosts: str = str(Path("~/.ssh/known_hosts").expanduser())
+    ssh_connect_timeout_s: float = 10.0
+    ssh_keepalive_s: float = 15.0
+    command_timeout_s: float = 300.0
+    ack_wait_s: float = 30.0
+    """How long a job may go without a heartbeat before another replica takes it over."""
+    dedupe_window_s: float = 120.0
+    event_max_age_days: float = 7.0
+    discovery_window_s: float = 0.25
+    worker_name: str | None = None
+    log_level: str = "info"
+
+    def host(self, alias: str) -> HostConfig | None:
+        return next((h for h in self.hosts if h.alias == alias), None)
+
+    @property
+    def aliases(self) -> list[str]:
+        return [h.alias for h in self.hosts]
+
+
+ENV_ALIASES: dict[str, tuple[str, ...]] = {
+    "data_dir": ("SPARK_DATA_DIR",),
+    "bind_port": ("BIND_PORT",),
+    "bind_host": ("BIND_HOST",),
+    "nats_url": ("NATS_URL",),
+    "ssh_key_path": ("SSH_KEY_PATH",),
+    "ssh_known_hosts": ("SSH_KNOWN_HOSTS",),
+}
+"""Earlier or conventional names, read after ``SPARK_CONTROL_<KEY>``."""
+
+_LEGACY_HOST = re.compile(r"^SPARK(\d+)_(HOST|USER|PORT)$")
+
+
+def env_names(field: str) -> tuple[str, ...]:
+    return (f"SPARK_CONTROL_{field.upper()}", *ENV_ALIASES.get(field, ()))
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read settings file ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    hosts = data.get("hosts")
+    if isinstance(hosts, dict):  # ``hosts: {spark1: {...}}`` is the friendly form
+        data["hosts"] = [{"alias": k, **(v or {})} for k, v in hosts.items()]
+    return data
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from the environment; blank values count as unset."""
+    out: dict[str, Any] = {}
+    for field in Settings.__struct_fields__:
+        if field == "hosts":
+            continue
+        for name in env_names(field):
+            value = env.get(name, "").strip()
+            if value:
+                out[field] = value
+                break
+    return out
+
+
+def _legacy_hosts(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for name, value in env.items():
+        m = _LEGACY_HOST.match(name)
+        if not m or not value.strip():
+            continue
+        alias = f"spark{int(m.group(1))}"
+        key = {"HOST": "address", "USER": "user", "PORT": "port"}[m.group(2)]
+        found.setdefault(alias, {"alias": alias})[key] = value.strip()
+    return found
+
+
+def _convert(raw: dict[str, Any], source: str) -> Settings:
+    try:
+        return msgspec.convert(raw, type=Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        # msgspec says "Expected `int`, got `str` - at `$.bind_port`"; name the key plainly.
+        msg = str(exc)
+        where = ""
+        if " - at `$." in msg:
+            msg, _, path = msg.partition(" - at `$.")
+            where = path.rstrip("`") + ": "
+        raise ConfigError(f"{source}: {where}{msg.lower()}") from exc
+
+
+def _validate(s: Settings, source: str) -> Settings:
+    if not 0 <= s.bind_port <= 65535:
+        raise ConfigError(f"{source}: bind_port: must be 0..65535")
+    seen: set[str] = set()
+    for i, h in enumerate(s.hosts):
+        if not HOST_ALIAS.match(h.alias):
+            raise ConfigError(
+                f"{source}: hosts[{i}].alias: {h.alias!r} must match [a-z][a-z0-9_-]{{0,31}}"
+            )
+        if h.alias in seen:
+            raise ConfigError(f"{source}: hosts.{h.alias}: defined twice")
+        seen.add(h.alias)
+        if h.transport == "ssh":
+            if not h.address:
+                raise ConfigError(f"{source}: hosts.{h.alias}.address: required for ssh")
+            if not h.user:
+                raise ConfigError(f"{source}: hosts.{h.alias}.user: required (no default user)")
+            if not 1 <= h.port <= 65535:
+                raise ConfigError(f"{source}: hosts.{h.alias}.port: must be 1..65535")
+    for name in ("ssh_connect_timeout_s", "command_timeout_s", "ack_wait_s", "dedupe_window_s"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{source}: {name}: must be > 0")
+    return s
+
+
+def load_settings(path: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from an optional YAML file and the environment."""
+    env = os.environ if env is None else env
+    path = path or env.get("SPARK_CONTROL_CONFIG") or None
+    raw: dict[str, Any] = _read_file(path) if path else {}
+    source = path or "environment"
+    raw.update(_env_layer(env))
+    hosts = {h.get("alias", ""): dict(h) for h in raw.get("hosts", []) if isinstance(h, dict)}
+    for alias, values in _legacy_hosts(env).items():
+        hosts.setdefault(alias, {}).update(values)
+    raw["hosts"] = list(hosts.values())
+    settings = _validate(_convert(raw, source), source)
+    if not settings.hosts:
+        settings.hosts = [HostConfig(alias=LOCAL_HOST, address="localhost", transport="local")]
+    settings.data_dir = str(Path(settings.data_dir).expanduser())
+    settings.ssh_known_hosts = str(Path(settings.ssh_known_hosts).expanduser())
+    if settings.ssh_key_path:
+        settings.ssh_key_path = str(Path(settings.ssh_key_path).expanduser())
+    return settings
+
+
+def ensure_data_dir(settings: Settings) -> Path:
+    """Create the data dir if missing and prove it writable; a clear ConfigError otherwise."""
+    path = Path(settings.data_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"data_dir: {path} is not a writable folder ({exc.strerror}); "
+            "set SPARK_DATA_DIR to a folder this user can write"
+        ) from exc
+    return path

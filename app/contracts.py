@@ -1,0 +1,265 @@
+"""The bus contract: every subject, stream, consumer, bucket and message Struct, in one place.
+
+Workers and other programs import this without the web framework (stdlib + msgspec only).
+No other module writes a subject string: they call the builders below, which refuse tokens
+that would change a subject's shape (dots, spaces, wildcards).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Literal
+
+import msgspec
+
+# --- names -------------------------------------------------------------------------------
+
+ROOT = "spark"
+CMD_STREAM = "SPARK_CMD"
+EVT_STREAM = "SPARK_EVT"
+CMD_HOST_WILDCARD = f"{ROOT}.cmd.host.>"  # the only subjects the command stream captures
+EVT_WILDCARD = f"{ROOT}.evt.>"
+
+JOBS_BUCKET = "spark_jobs"
+STATE_BUCKET = "spark_state"
+LOCKS_BUCKET = "spark_locks"
+SETTINGS_BUCKET = "spark_settings"
+BUCKETS = (JOBS_BUCKET, STATE_BUCKET, LOCKS_BUCKET, SETTINGS_BUCKET)
+
+EXECUTOR_SERVICE = "spark-ssh-executor"
+SIGNER_SERVICE = "spark-blob-signer"
+SIGNER_QUEUE = "spark-blob-signer"
+SERVICE_VERSION = "0.1.0"
+
+SRV_PING = "$SRV.PING"
+SRV_INFO = "$SRV.INFO"
+SRV_STATS = "$SRV.STATS"
+
+ACTIONS = ("probe",)
+"""Host actions the executor knows. Later issues add launch, stop, swap, download, …"""
+
+JOB_KINDS = ("accepted", "started", "progress", "log", "done", "failed", "cancelled")
+FINAL_KINDS = frozenset({"done", "failed", "cancelled"})
+HOST_KINDS = ("up", "down", "probed")
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+MAX_COMMAND_BYTES = 64 * 1024
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+HOST_ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class BadToken(ValueError):
+    """A value that cannot be one token of a subject."""
+
+
+def token(value: str, what: str = "token") -> str:
+    """Return ``value`` if it is a safe single subject token, else raise BadToken."""
+    if not isinstance(value, str) or not _TOKEN.match(value):
+        raise BadToken(f"bad {what}: must match [A-Za-z0-9_-]{{1,64}}")
+    return value
+
+
+def host_alias(value: str) -> str:
+    """Return ``value`` if it is a valid host alias (lower-case, starts with a letter)."""
+    if not isinstance(value, str) or not HOST_ALIAS.match(value):
+        raise BadToken("bad host alias: must match [a-z][a-z0-9_-]{0,31}")
+    return value
+
+
+# --- subject builders --------------------------------------------------------------------
+
+
+def cmd_host(host: str, action: str) -> str:
+    """Command for one host: ``spark.cmd.host.<host>.<action>`` (into SPARK_CMD)."""
+    return f"{ROOT}.cmd.host.{host_alias(host)}.{token(action, 'action')}"
+
+
+def cmd_host_filter(host: str) -> str:
+    """Filter of one host's durable consumer."""
+    return f"{ROOT}.cmd.host.{host_alias(host)}.>"
+
+
+def cmd_job_cancel(job_id: str) -> str:
+    """Core request/reply (not in a stream): ask the replica running a job to cancel it."""
+    return f"{ROOT}.cmd.job.{token(job_id, 'job id')}.cancel"
+
+
+def evt_job(job_id: str, kind: str) -> str:
+    """Event of one job: ``spark.evt.job.<job_id>.<kind>``."""
+    return f"{ROOT}.evt.job.{token(job_id, 'job id')}.{token(kind, 'kind')}"
+
+
+def evt_job_filter(job_id: str) -> str:
+    return f"{ROOT}.evt.job.{token(job_id, 'job id')}.>"
+
+
+def evt_host(host: str, kind: str) -> str:
+    """Event of one host: ``spark.evt.host.<host>.<kind>``."""
+    return f"{ROOT}.evt.host.{host_alias(host)}.{token(kind, 'kind')}"
+
+
+def blob_sign(namespace: str) -> str:
+    """Request/reply of the blob signer for one namespace."""
+    return f"{ROOT}.cmd.blob.sign.{token(namespace, 'namespace')}"
+
+
+BLOB_SIGN_WILDCARD = f"{ROOT}.cmd.blob.sign.*"
+
+
+def parse_cmd_subject(subject: str) -> tuple[str, str]:
+    """``spark.cmd.host.<host>.<action>`` → (host, action); raise BadToken otherwise."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[:3] != [ROOT, "cmd", "host"]:
+        raise BadToken("not a host command subject")
+    return host_alias(parts[3]), token(parts[4], "action")
+
+
+def host_consumer(host: str) -> str:
+    """Durable consumer name of one host (shared by every executor replica)."""
+    return f"exec_{host_alias(host).replace('-', '_')}"
+
+
+def job_key(job_id: str) -> str:
+    return token(job_id, "job id")
+
+
+def host_state_key(host: str) -> str:
+    return f"host.{host_alias(host)}"
+
+
+# --- messages ----------------------------------------------------------------------------
+
+
+def now() -> float:
+    return time.time()
+
+
+class Command(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``spark.cmd.host.<host>.<action>``. Host and action come from the subject.
+
+    ``job_id`` defaults to the ``Nats-Msg-Id`` header, else one is derived from the stream
+    sequence. ``timeout_s`` bounds the whole job.
+    """
+
+    job_id: str | None = None
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    requested_by: str | None = None
+    timeout_s: float | None = None
+
+
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Every event on ``spark.evt.>``."""
+
+    kind: str
+    ts: float
+    job_id: str | None = None
+    host: str | None = None
+    action: str | None = None
+    worker: str | None = None
+    message: str | None = None
+    line: str | None = None
+    stream: str | None = None
+    code: str | None = None
+    data: Any = None
+
+
+class JobRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """A job in the ``spark_jobs`` bucket, keyed by job id."""
+
+    id: str
+    host: str
+    action: str
+    state: JobState
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker: str | None = None
+    heartbeat_at: float | None = None
+    attempts: int = 0
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    requested_by: str | None = None
+    result: Any = None
+    error: str | None = None
+    code: str | None = None
+
+
+class DiskUsage(msgspec.Struct, kw_only=True):
+    path: str
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int
+
+
+class Container(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    image: str
+    status: str
+    ports: str = ""
+
+
+class Gpu(msgspec.Struct, kw_only=True):
+    name: str
+    utilization_pct: float | None = None
+    memory_used_mib: float | None = None
+    memory_total_mib: float | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+
+class ProbeResult(msgspec.Struct, kw_only=True):
+    """What ``probe`` finds on a host. Memory comes from /proc/meminfo (a Spark's GPU shares it)."""
+
+    host: str
+    uptime_s: float
+    load: tuple[float, float, float]
+    mem_total_bytes: int
+    mem_available_bytes: int
+    swap_total_bytes: int
+    swap_free_bytes: int
+    disks: list[DiskUsage]
+    docker: bool
+    containers: list[Container]
+    gpus: list[Gpu]
+    probed_at: float
+    duration_ms: float
+
+
+class HostState(msgspec.Struct, kw_only=True):
+    """Last known state of a host in the ``spark_state`` bucket."""
+
+    host: str
+    up: bool
+    checked_at: float
+    probe: ProbeResult | None = None
+    error: str | None = None
+
+
+def encode(obj: Any) -> bytes:
+    return msgspec.json.encode(obj)
+
+
+def decode_command(data: bytes) -> Command:
+    """Decode a command body; an empty body is an empty command. Raises msgspec errors."""
+    if len(data) > MAX_COMMAND_BYTES:
+        raise msgspec.ValidationError(f"command body over {MAX_COMMAND_BYTES} bytes")
+    if not data.strip():
+        return Command()
+    return msgspec.json.decode(data, type=Command)
+
+
+def decode_event(data: bytes) -> Event:
+    return msgspec.json.decode(data, type=Event)
+
+
+def decode_job(data: bytes) -> JobRecord:
+    return msgspec.json.decode(data, type=JobRecord)
+
+
+def decode_host_state(data: bytes) -> HostState:
+    return msgspec.json.decode(data, type=HostState)

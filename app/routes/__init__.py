@@ -1,0 +1,1 @@
+"""HTTP route handlers; ``app.web.create_app`` is the one place that lists them."""

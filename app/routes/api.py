@@ -1,0 +1,144 @@
+"""JSON API: hosts, jobs (with SSE), status. Handlers are thin: validate → call → render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.response import Response, ServerSentEvent
+
+from app import contracts as c
+from app import jobs
+from app.bus import Bus
+from app.config import Settings
+from app.errors import BadRequest
+from app.sse import as_json, job_stream, last_event_id
+
+BODY_LIMIT = 64 * 1024
+
+
+class SubmitBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Optional body of a host action: its arguments and a timeout."""
+
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    timeout_s: float | None = None
+
+
+def _bus(state: State) -> Bus:
+    return state.bus  # type: ignore[no-any-return]
+
+
+def _settings(state: State) -> Settings:
+    return state.settings  # type: ignore[no-any-return]
+
+
+async def read_body(request: Request[Any, Any, Any]) -> SubmitBody:
+    raw = await request.body()
+    if not raw.strip():
+        return SubmitBody()
+    try:
+        body = msgspec.json.decode(raw, type=SubmitBody)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(
+            f"body is not valid JSON for this endpoint: {exc}", code="BAD_JSON"
+        ) from exc
+    if body.timeout_s is not None and not 0 < body.timeout_s <= 86400:
+        raise BadRequest("timeout_s: must be in (0, 86400]", code="BAD_TIMEOUT")
+    return body
+
+
+def host_view(settings: Settings, alias: str, state: c.HostState | None) -> dict[str, Any]:
+    h = settings.host(alias)
+    assert h is not None
+    return {
+        "alias": h.alias,
+        "address": h.address,
+        "port": h.port,
+        "user": h.user,
+        "transport": h.transport,
+        "state": msgspec.to_builtins(state) if state else None,
+    }
+
+
+@get("/api/hosts")
+async def list_hosts(state: State) -> list[dict[str, Any]]:
+    bus, settings = _bus(state), _settings(state)
+    return [host_view(settings, a, await bus.get_host_state(a)) for a in settings.aliases]
+
+
+@post("/api/hosts/{host:str}/{action:str}", status_code=202, request_max_body_size=BODY_LIMIT)
+async def host_action(
+    state: State, request: Request[Any, Any, Any], host: str, action: str
+) -> Response[dict[str, Any]]:
+    body = await read_body(request)
+    job, created = await jobs.submit(
+        _bus(state),
+        _settings(state),
+        host,
+        action,
+        body.args,
+        key=request.headers.get("idempotency-key"),
+        timeout_s=body.timeout_s,
+        requested_by="http",
+    )
+    return Response(
+        {
+            "job_id": job.id,
+            "events": f"/api/jobs/{job.id}/events",
+            "job": f"/api/jobs/{job.id}",
+            "created": created,
+        },
+        status_code=202,
+    )
+
+
+@get("/api/jobs")
+async def list_jobs(state: State, limit: int = 200) -> list[dict[str, Any]]:
+    found = await _bus(state).list_jobs(limit=max(1, min(limit, 1000)))
+    return [msgspec.to_builtins(j) for j in found]
+
+
+@get("/api/jobs/{job_id:str}")
+async def get_job(state: State, job_id: str) -> dict[str, Any]:
+    return msgspec.to_builtins(await jobs.get(_bus(state), job_id))  # type: ignore[no-any-return]
+
+
+@post("/api/jobs/{job_id:str}/cancel", status_code=200, request_max_body_size=BODY_LIMIT)
+async def cancel_job(state: State, job_id: str) -> dict[str, Any]:
+    return msgspec.to_builtins(await jobs.cancel(_bus(state), job_id))  # type: ignore[no-any-return]
+
+
+@get("/api/jobs/{job_id:str}/events")
+async def job_events(state: State, request: Request[Any, Any, Any], job_id: str) -> ServerSentEvent:
+    bus = _bus(state)
+    await jobs.get(bus, job_id)  # 404 before the stream starts
+    after = last_event_id(request.headers.get("last-event-id"))
+    return ServerSentEvent(job_stream(bus, job_id, after, as_json))
+
+
+@get("/api/status")
+async def status(state: State) -> dict[str, Any]:
+    bus, settings = _bus(state), _settings(state)
+    connected = bus.nc.is_connected
+    workers = await jobs.discover_workers(bus, settings.discovery_window_s) if connected else []
+    hosts = []
+    for alias in settings.aliases:
+        st = await bus.get_host_state(alias) if connected else None
+        hosts.append(
+            {
+                "alias": alias,
+                "up": st.up if st else None,
+                "checked_at": st.checked_at if st else None,
+            }
+        )
+    return {
+        "bus": {"connected": connected},
+        "workers": workers,
+        "hosts": hosts,
+        "actions": list(c.ACTIONS),
+    }
+
+
+ROUTES = [list_hosts, host_action, list_jobs, get_job, cancel_job, job_events, status]

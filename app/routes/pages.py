@@ -1,0 +1,81 @@
+"""Server-rendered pages and the HTMX fragments they swap in."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.response import Redirect, ServerSentEvent, Template
+
+from app import contracts as c
+from app import jobs
+from app.bus import Bus
+from app.config import Settings
+from app.sse import job_stream, last_event_id
+
+
+def _bus(state: State) -> Bus:
+    return state.bus  # type: ignore[no-any-return]
+
+
+def _settings(state: State) -> Settings:
+    return state.settings  # type: ignore[no-any-return]
+
+
+@get("/")
+async def index() -> Redirect:
+    return Redirect("/hosts")
+
+
+@get("/hosts")
+async def hosts_page(state: State) -> Template:
+    bus, settings = _bus(state), _settings(state)
+    hosts = [
+        SimpleNamespace(
+            alias=h.alias,
+            address=h.address,
+            transport=h.transport,
+            state=await bus.get_host_state(h.alias),
+        )
+        for h in settings.hosts
+    ]
+    workers = await jobs.discover_workers(bus, settings.discovery_window_s)
+    status = {"bus_connected": bus.nc.is_connected, "workers": workers}
+    return Template("hosts.html", context={"hosts": hosts, "status": status})
+
+
+@post("/hosts/{host:str}/{action:str}", status_code=200)
+async def host_action_fragment(state: State, host: str, action: str) -> Template:
+    job, _ = await jobs.submit(_bus(state), _settings(state), host, action, requested_by="page")
+    return Template("_job_panel.html", context={"job": job})
+
+
+@get("/jobs")
+async def jobs_page(state: State) -> Template:
+    return Template("jobs.html", context={"jobs": await _bus(state).list_jobs()})
+
+
+@get("/jobs/{job_id:str}")
+async def job_page(state: State, job_id: str) -> Template:
+    return Template("job.html", context={"job": await jobs.get(_bus(state), job_id)})
+
+
+@get("/jobs/{job_id:str}/stream")
+async def job_fragments(
+    state: State, request: Request[Any, Any, Any], job_id: str
+) -> ServerSentEvent:
+    """The job's events rendered as ``_event.html`` fragments, then an ``end`` event."""
+    bus = _bus(state)
+    await jobs.get(bus, job_id)
+    template = request.app.template_engine.get_template("_event.html")  # type: ignore[union-attr]
+
+    def render(seq: int, event: c.Event) -> tuple[str, str]:
+        return "event", template.render(ev=event, seq=seq).replace("\n", " ")
+
+    after = last_event_id(request.headers.get("last-event-id"))
+    return ServerSentEvent(job_stream(bus, job_id, after, render, end_event="end"))
+
+
+ROUTES = [index, hosts_page, host_action_fragment, jobs_page, job_page, job_fragments]

@@ -1,0 +1,96 @@
+"""``spark-control up``: the whole stack on one box — embedded NATS (unless NATS_URL is set),
+the web front and both workers as child processes. Ctrl-C stops everything; children die with
+the supervisor (PR_SET_PDEATHSIG), so nothing is orphaned."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from app import embedded_nats
+from app.config import Settings, ensure_data_dir
+
+log = logging.getLogger("spark-control")
+
+PARTS = {"web": ["web"], "worker-ssh": ["worker", "ssh"], "worker-signer": ["worker", "signer"]}
+CONFIG_EXIT = 2
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this child when the supervisor dies (no orphans, even on SIGKILL)."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _spawn(part: str, config: str | None, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "app.cli"]
+    if config:
+        args += ["--config", config]
+    return subprocess.Popen(args + PARTS[part], env=env, preexec_fn=_die_with_parent)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def up(settings: Settings, config: str | None) -> int:
+    data = ensure_data_dir(settings)
+    env = dict(os.environ)
+    nats_proc = None
+    if not settings.nats_url:
+        nats_proc, url = embedded_nats.start(Path(data))
+        env["NATS_URL"] = url
+        log.info("embedded NATS with JetStream at %s (store %s)", url, data / "nats")
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    children = {part: _spawn(part, config, env) for part in PARTS}
+    restarts = dict.fromkeys(PARTS, 0.0)
+    log.info("dashboard on http://%s:%d", settings.bind_host, settings.bind_port)
+    code = 0
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            if nats_proc is not None and nats_proc.poll() is not None:
+                log.error("embedded nats-server exited (%s); stopping", nats_proc.returncode)
+                code = 1
+                break
+            for part, proc in list(children.items()):
+                rc = proc.poll()
+                if rc is None or stopping:
+                    continue
+                if rc == CONFIG_EXIT:
+                    log.error("%s refused its configuration; stopping everything", part)
+                    stopping, code = True, CONFIG_EXIT
+                    break
+                wait = min(30.0, 1.0 + restarts[part] * 2)
+                log.warning("%s exited with %s; restarting in %.0f s", part, rc, wait)
+                time.sleep(wait)
+                restarts[part] += 1
+                children[part] = _spawn(part, config, env)
+    finally:
+        _stop(list(children.values()))
+        if nats_proc is not None:
+            _stop([nats_proc])
+    return code

@@ -1,0 +1,118 @@
+"""The web front: ``create_app(settings)`` is the one place that lists routes, exception
+handlers, templates, static files and the lifespan (the bus connection on ``app.state``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+from litestar import Litestar, MediaType, Request, Response
+from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.exceptions import HTTPException
+from litestar.response import Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from app import filters
+from app.bus import connect
+from app.config import Settings
+from app.errors import SparkError, error_body
+from app.routes import api, pages
+
+log = logging.getLogger(__name__)
+
+PACKAGE = Path(__file__).resolve().parent
+HTTP_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "BODY_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    429: "TOO_MANY_REQUESTS",
+}
+
+
+def templates_dir() -> Path:
+    """Installed wheels carry ``app/templates``; a checkout has top-level ``templates/``."""
+    for candidate in (PACKAGE / "templates", PACKAGE.parent / "templates"):
+        if (candidate / "base.html").is_file():
+            return candidate
+    raise FileNotFoundError("templates folder not found beside the app package")
+
+
+def _wants_html(request: Request[Any, Any, Any]) -> bool:
+    path = request.url.path
+    accept = request.headers.get("accept", "")
+    return not path.startswith("/api/") and "text/html" in accept
+
+
+def _error(request: Request[Any, Any, Any], status: int, message: str, code: str) -> Response[Any]:
+    if _wants_html(request):
+        return Template(  # type: ignore[return-value]
+            "error.html",
+            context={"status": status, "error": message, "code": code},
+            status_code=status,
+            media_type=MediaType.HTML,
+        )
+    return Response({"error": message, "code": code}, status_code=status)
+
+
+def on_spark_error(request: Request[Any, Any, Any], exc: SparkError) -> Response[Any]:
+    body = error_body(exc)
+    return _error(request, exc.status, body["error"], body["code"])
+
+
+def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    return _error(request, status, str(exc.detail), HTTP_CODES.get(status, f"HTTP_{status}"))
+
+
+def on_bus_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.warning("bus error on %s: %s", request.url.path, type(exc).__name__)
+    return _error(request, 503, "message bus unavailable; try again shortly", "BUS_UNAVAILABLE")
+
+
+def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error on %s", request.url.path)
+    return _error(request, 500, "internal error (see the server log)", "INTERNAL")
+
+
+def create_app(settings: Settings, nats_url: str | None = None) -> Litestar:
+    """Assemble the web front. Nothing connects until the app starts (lifespan)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.bus = await connect(settings, name="spark-web", url=nats_url)
+        try:
+            yield
+        finally:
+            await app.state.bus.close()
+
+    return Litestar(
+        route_handlers=[
+            *api.ROUTES,
+            *pages.ROUTES,
+            create_static_files_router(path="/static", directories=[PACKAGE / "static"]),
+        ],
+        lifespan=[lifespan],
+        exception_handlers={
+            SparkError: on_spark_error,
+            HTTPException: on_http_error,
+            nats.errors.Error: on_bus_error,
+            Exception: on_unexpected,
+        },
+        template_config=TemplateConfig(
+            directory=templates_dir(),
+            engine=JinjaTemplateEngine,
+            engine_callback=filters.register,
+        ),
+        request_max_body_size=1_000_000,
+        debug=False,
+    )

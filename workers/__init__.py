@@ -1,0 +1,1 @@
+"""spark-control workers: the SSH executor and the blob signer."""
