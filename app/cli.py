@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             level=settings.log_level.upper(),
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
         )
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
         ensure_data_dir(settings)
         if args.part == "up":
             from app.supervisor import up

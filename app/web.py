@@ -11,8 +11,8 @@ from typing import Any
 
 import nats.errors
 from litestar import Litestar, MediaType, Request, Response
-from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.exceptions import HTTPException
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
@@ -54,7 +54,7 @@ def _wants_html(request: Request[Any, Any, Any]) -> bool:
 
 def _error(request: Request[Any, Any, Any], status: int, message: str, code: str) -> Response[Any]:
     if _wants_html(request):
-        return Template(  # type: ignore[return-value]
+        return Template(
             "error.html",
             context={"status": status, "error": message, "code": code},
             status_code=status,

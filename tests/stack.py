@@ -27,7 +27,10 @@ REPO = Path(__file__).resolve().parent.parent
 def ssh_host_config(alias: str, host: Any) -> HostConfig:
     """A HostConfig for a test sshd (``tests.servers.SshdHost`` / ``AsyncsshHost``)."""
     return HostConfig(
-        alias=alias, address=host.host, port=host.port, user=host.user,
+        alias=alias,
+        address=host.host,
+        port=host.port,
+        user=host.user,
         key_path=str(host.client_key_path),
     )
 
@@ -36,8 +39,13 @@ def make_settings(
     data_dir: Path, nats_url: str, hosts: list[HostConfig], known_hosts: str = "", **kw: Any
 ) -> Settings:
     base: dict[str, Any] = dict(
-        data_dir=str(data_dir), nats_url=nats_url, hosts=hosts, ack_wait_s=2.0,
-        ssh_connect_timeout_s=3.0, command_timeout_s=30.0, discovery_window_s=0.2,
+        data_dir=str(data_dir),
+        nats_url=nats_url,
+        hosts=hosts,
+        ack_wait_s=2.0,
+        ssh_connect_timeout_s=3.0,
+        command_timeout_s=30.0,
+        discovery_window_s=0.2,
     )
     if known_hosts:
         base["ssh_known_hosts"] = known_hosts
@@ -105,7 +113,10 @@ def worker_process(config: Path, kind: str = "ssh", name: str = "") -> subproces
         env["SPARK_CONTROL_WORKER_NAME"] = name
     return subprocess.Popen(
         [sys.executable, "-m", "app.cli", "--config", str(config), "worker", kind],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 

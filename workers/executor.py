@@ -126,7 +126,7 @@ class Executor:
         claim = await self._claim(job_id, host.alias, action, cmd)
         if claim is None:
             return await _ack(msg)
-        if claim == "later":
+        if isinstance(claim, str):  # "later": the owner is alive
             return await msg.nak(delay=self.settings.ack_wait_s / 2)
         job, rev = claim
         await self._run(host, msg, job, rev, cmd)
@@ -206,9 +206,16 @@ class Executor:
         work = asyncio.create_task(self._work(action, ctx, timeout))
         lost = asyncio.Event()
         beat = asyncio.create_task(self._heartbeat(msg, job, rev, work, lost))
-        cancel_sub = await self.bus.nc.subscribe(
-            c.cmd_job_cancel(job.id), cb=lambda m: self._on_cancel(m, runner, work)
-        )
+
+        async def on_cancel(m: Msg) -> None:
+            await self._on_cancel(m, runner, work)
+
+        try:
+            cancel_sub = await self.bus.nc.subscribe(c.cmd_job_cancel(job.id), cb=on_cancel)
+        except BaseException:
+            work.cancel()
+            beat.cancel()
+            raise
         self.busy[host.alias] = job.id
         outcome: tuple[str, Any, str | None, str | None]
         try:
@@ -234,8 +241,8 @@ class Executor:
             with contextlib.suppress(nats.errors.Error):
                 await cancel_sub.unsubscribe()
         state, result, error, code = outcome
+        await record_host_outcome(self.bus, job, result, code, error)  # before the final event
         await self._finish(job, state, result, error, code)
-        await record_host_outcome(self.bus, job, result, code, error)
         await _ack(msg)
 
     async def _work(self, action: Action, ctx: JobContext, limit_s: float) -> Any:
@@ -251,9 +258,9 @@ class Executor:
             raise SparkError(f"job timed out after {limit_s:g} s", code="TIMEOUT") from exc
 
     async def _on_cancel(self, m: Msg, runner: Any, work: asyncio.Task[Any]) -> None:
-        with contextlib.suppress(Exception):
-            await runner.cancel()
-        work.cancel()
+        """Stop the remote command (its run() raises Cancelled); between commands, the task."""
+        if not await runner.cancel():
+            work.cancel()
         if m.reply:
             await self.bus.nc.publish(m.reply, b'{"ok":true}')
 
@@ -295,7 +302,7 @@ class Executor:
                 state=state,
                 result=result,
                 error=error,
-                code=code,  # type: ignore[arg-type]
+                code=code,
                 finished_at=t,
                 updated_at=t,
             )

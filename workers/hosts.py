@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -43,9 +42,8 @@ class HostRunners:
         if host.transport == "local":
             return LocalTransport()
 
-        def lost(reason: str) -> None:
-            task = asyncio.get_running_loop().create_task(self.on_down(host.alias, reason))
-            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        def lost(reason: str) -> Awaitable[None]:
+            return self.on_down(host.alias, reason)
 
         return SshTransport(host, self.settings, on_disconnect=lost)
 

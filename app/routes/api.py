@@ -7,13 +7,14 @@ from typing import Any
 import msgspec
 from litestar import Request, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath, FromQuery
 from litestar.response import Response, ServerSentEvent
 
 from app import contracts as c
 from app import jobs
-from app.bus import Bus
 from app.config import Settings
 from app.errors import BadRequest
+from app.routes.deps import bus_of, settings_of
 from app.sse import as_json, job_stream, last_event_id
 
 BODY_LIMIT = 64 * 1024
@@ -24,14 +25,6 @@ class SubmitBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     args: dict[str, Any] = msgspec.field(default_factory=dict)
     timeout_s: float | None = None
-
-
-def _bus(state: State) -> Bus:
-    return state.bus  # type: ignore[no-any-return]
-
-
-def _settings(state: State) -> Settings:
-    return state.settings  # type: ignore[no-any-return]
 
 
 async def read_body(request: Request[Any, Any, Any]) -> SubmitBody:
@@ -64,18 +57,18 @@ def host_view(settings: Settings, alias: str, state: c.HostState | None) -> dict
 
 @get("/api/hosts")
 async def list_hosts(state: State) -> list[dict[str, Any]]:
-    bus, settings = _bus(state), _settings(state)
+    bus, settings = bus_of(state), settings_of(state)
     return [host_view(settings, a, await bus.get_host_state(a)) for a in settings.aliases]
 
 
 @post("/api/hosts/{host:str}/{action:str}", status_code=202, request_max_body_size=BODY_LIMIT)
 async def host_action(
-    state: State, request: Request[Any, Any, Any], host: str, action: str
+    state: State, request: Request[Any, Any, Any], host: FromPath[str], action: FromPath[str]
 ) -> Response[dict[str, Any]]:
     body = await read_body(request)
     job, created = await jobs.submit(
-        _bus(state),
-        _settings(state),
+        bus_of(state),
+        settings_of(state),
         host,
         action,
         body.args,
@@ -95,24 +88,26 @@ async def host_action(
 
 
 @get("/api/jobs")
-async def list_jobs(state: State, limit: int = 200) -> list[dict[str, Any]]:
-    found = await _bus(state).list_jobs(limit=max(1, min(limit, 1000)))
+async def list_jobs(state: State, limit: FromQuery[int] = 200) -> list[dict[str, Any]]:
+    found = await bus_of(state).list_jobs(limit=max(1, min(limit, 1000)))
     return [msgspec.to_builtins(j) for j in found]
 
 
 @get("/api/jobs/{job_id:str}")
-async def get_job(state: State, job_id: str) -> dict[str, Any]:
-    return msgspec.to_builtins(await jobs.get(_bus(state), job_id))  # type: ignore[no-any-return]
+async def get_job(state: State, job_id: FromPath[str]) -> dict[str, Any]:
+    return msgspec.to_builtins(await jobs.get(bus_of(state), job_id))
 
 
 @post("/api/jobs/{job_id:str}/cancel", status_code=200, request_max_body_size=BODY_LIMIT)
-async def cancel_job(state: State, job_id: str) -> dict[str, Any]:
-    return msgspec.to_builtins(await jobs.cancel(_bus(state), job_id))  # type: ignore[no-any-return]
+async def cancel_job(state: State, job_id: FromPath[str]) -> dict[str, Any]:
+    return msgspec.to_builtins(await jobs.cancel(bus_of(state), job_id))
 
 
 @get("/api/jobs/{job_id:str}/events")
-async def job_events(state: State, request: Request[Any, Any, Any], job_id: str) -> ServerSentEvent:
-    bus = _bus(state)
+async def job_events(
+    state: State, request: Request[Any, Any, Any], job_id: FromPath[str]
+) -> ServerSentEvent:
+    bus = bus_of(state)
     await jobs.get(bus, job_id)  # 404 before the stream starts
     after = last_event_id(request.headers.get("last-event-id"))
     return ServerSentEvent(job_stream(bus, job_id, after, as_json))
@@ -120,7 +115,7 @@ async def job_events(state: State, request: Request[Any, Any, Any], job_id: str)
 
 @get("/api/status")
 async def status(state: State) -> dict[str, Any]:
-    bus, settings = _bus(state), _settings(state)
+    bus, settings = bus_of(state), settings_of(state)
     connected = bus.nc.is_connected
     workers = await jobs.discover_workers(bus, settings.discovery_window_s) if connected else []
     hosts = []

@@ -7,21 +7,13 @@ from typing import Any
 
 from litestar import Request, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath
 from litestar.response import Redirect, ServerSentEvent, Template
 
 from app import contracts as c
 from app import jobs
-from app.bus import Bus
-from app.config import Settings
+from app.routes.deps import bus_of, settings_of
 from app.sse import job_stream, last_event_id
-
-
-def _bus(state: State) -> Bus:
-    return state.bus  # type: ignore[no-any-return]
-
-
-def _settings(state: State) -> Settings:
-    return state.settings  # type: ignore[no-any-return]
 
 
 @get("/")
@@ -31,7 +23,7 @@ async def index() -> Redirect:
 
 @get("/hosts")
 async def hosts_page(state: State) -> Template:
-    bus, settings = _bus(state), _settings(state)
+    bus, settings = bus_of(state), settings_of(state)
     hosts = [
         SimpleNamespace(
             alias=h.alias,
@@ -47,27 +39,29 @@ async def hosts_page(state: State) -> Template:
 
 
 @post("/hosts/{host:str}/{action:str}", status_code=200)
-async def host_action_fragment(state: State, host: str, action: str) -> Template:
-    job, _ = await jobs.submit(_bus(state), _settings(state), host, action, requested_by="page")
+async def host_action_fragment(
+    state: State, host: FromPath[str], action: FromPath[str]
+) -> Template:
+    job, _ = await jobs.submit(bus_of(state), settings_of(state), host, action, requested_by="page")
     return Template("_job_panel.html", context={"job": job})
 
 
 @get("/jobs")
 async def jobs_page(state: State) -> Template:
-    return Template("jobs.html", context={"jobs": await _bus(state).list_jobs()})
+    return Template("jobs.html", context={"jobs": await bus_of(state).list_jobs()})
 
 
 @get("/jobs/{job_id:str}")
-async def job_page(state: State, job_id: str) -> Template:
-    return Template("job.html", context={"job": await jobs.get(_bus(state), job_id)})
+async def job_page(state: State, job_id: FromPath[str]) -> Template:
+    return Template("job.html", context={"job": await jobs.get(bus_of(state), job_id)})
 
 
 @get("/jobs/{job_id:str}/stream")
 async def job_fragments(
-    state: State, request: Request[Any, Any, Any], job_id: str
+    state: State, request: Request[Any, Any, Any], job_id: FromPath[str]
 ) -> ServerSentEvent:
     """The job's events rendered as ``_event.html`` fragments, then an ``end`` event."""
-    bus = _bus(state)
+    bus = bus_of(state)
     await jobs.get(bus, job_id)
     template = request.app.template_engine.get_template("_event.html")  # type: ignore[union-attr]
 

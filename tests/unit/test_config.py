@@ -18,13 +18,20 @@ def test_no_hosts_means_this_machine_as_local(tmp_path: Path) -> None:
 
 def test_legacy_spark_variables_make_hosts() -> None:
     env = {
-        "SPARK1_HOST": "10.0.0.5", "SPARK1_USER": "ops", "SPARK2_HOST": "10.0.0.6",
-        "SPARK2_USER": "ops", "SPARK2_PORT": "2222", "SSH_KEY_PATH": "/keys/id",
-        "SSH_KNOWN_HOSTS": "/keys/known", "BIND_PORT": "8080",
+        "SPARK1_HOST": "10.0.0.5",
+        "SPARK1_USER": "ops",
+        "SPARK2_HOST": "10.0.0.6",
+        "SPARK2_USER": "ops",
+        "SPARK2_PORT": "2222",
+        "SSH_KEY_PATH": "/keys/id",
+        "SSH_KNOWN_HOSTS": "/keys/known",
+        "BIND_PORT": "8080",
     }
     s = load_settings(env=env)
     assert [(h.alias, h.address, h.user, h.port) for h in s.hosts] == [
-        ("spark1", "10.0.0.5", "ops", 22), ("spark2", "10.0.0.6", "ops", 2222)]
+        ("spark1", "10.0.0.5", "ops", 22),
+        ("spark2", "10.0.0.6", "ops", 2222),
+    ]
     assert (s.ssh_key_path, s.ssh_known_hosts, s.bind_port) == ("/keys/id", "/keys/known", 8080)
 
 
@@ -80,7 +87,7 @@ def test_data_dir_created_or_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     s = load_settings(env={"SPARK_DATA_DIR": str(blocker / "sub")})
-    with pytest.raises(ConfigError, match="data_dir: .* not a writable folder"):
+    with pytest.raises(ConfigError, match=r"data_dir: .* not a writable folder"):
         ensure_data_dir(s)
     if os.geteuid() != 0:  # root writes anywhere; the permission case needs a normal user
         ro = tmp_path / "ro"
