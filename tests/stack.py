@@ -106,18 +106,23 @@ async def web(settings: Settings) -> AsyncIterator[str]:
         await task
 
 
-def worker_process(config: Path, kind: str = "ssh", name: str = "") -> subprocess.Popen[bytes]:
-    """A real worker process (``spark-control worker <kind>``), for SIGKILL tests."""
+def part_process(config: Path, *part: str, name: str = "") -> subprocess.Popen[bytes]:
+    """A real ``spark-control <part>`` process (web, worker ssh, …) for kill tests and benches."""
     env = dict(os.environ)
     if name:
         env["SPARK_CONTROL_WORKER_NAME"] = name
     return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "--config", str(config), "worker", kind],
+        [sys.executable, "-m", "app.cli", "--config", str(config), *part],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
+
+
+def worker_process(config: Path, kind: str = "ssh", name: str = "") -> subprocess.Popen[bytes]:
+    """A real worker process (``spark-control worker <kind>``)."""
+    return part_process(config, "worker", kind, name=name)
 
 
 async def sse_events(

@@ -1,7 +1,8 @@
 """``probe``: what a GPU host looks like right now, in one round-trip of the shell runner.
 
 One script prints every section behind a ``@@spark:<name>`` marker line; pure parsers
-turn each section into the ProbeResult fields. A DGX Spark's GPU shares the unified
+turn each section into the ProbeResult fields. The script reads /proc with shell builtins and
+runs df once, so a probe costs few process starts on the host. A DGX Spark's GPU shares the unified
 memory, so memory comes from /proc/meminfo and nvidia-smi's memory fields read [N/A].
 """
 
@@ -20,12 +21,14 @@ MARK = "@@spark:"
 GPU_QUERY = "name,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw"
 
 PROBE_SCRIPT = f"""export LC_ALL=C
-echo '{MARK}uptime'; cat /proc/uptime
-echo '{MARK}loadavg'; cat /proc/loadavg
-echo '{MARK}meminfo'; cat /proc/meminfo
+echo '{MARK}uptime'; read -r l < /proc/uptime; echo "$l"
+echo '{MARK}loadavg'; read -r l < /proc/loadavg; echo "$l"
+echo '{MARK}meminfo'; while IFS= read -r l; do echo "$l"; done < /proc/meminfo
 hf="${{HF_HOME:-$HOME/.cache/huggingface}}/hub"
-while [ ! -e "$hf" ] && [ "$hf" != / ] && [ -n "$hf" ]; do hf=$(dirname -- "$hf"); done
-for p in "$HOME" "$hf"; do echo "{MARK}df $p"; df -P -B1 -- "$p" 2>/dev/null; done
+while [ ! -e "$hf" ] && [ -n "$hf" ]; do hf="${{hf%/*}}"; done
+mapfile -t rows < <(df -P -B1 -- "$HOME" "${{hf:-/}}" 2>/dev/null)
+echo "{MARK}df $HOME"; printf '%s\\n' "${{rows[0]}}" "${{rows[1]}}"
+echo "{MARK}df ${{hf:-/}}"; printf '%s\\n' "${{rows[0]}}" "${{rows[2]}}"
 if command -v docker >/dev/null 2>&1; then
   echo '{MARK}docker'; docker ps --format '{{{{json .}}}}' 2>/dev/null \\
     || echo '{MARK}docker-error'
