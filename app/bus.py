@@ -75,6 +75,7 @@ class Bus:
                 storage=StorageType.FILE,
                 duplicate_window=s.dedupe_window_s,
                 max_msg_size=c.MAX_COMMAND_BYTES,
+                num_replicas=s.stream_replicas,
             )
         )
         await self._stream(
@@ -85,14 +86,23 @@ class Bus:
                 storage=StorageType.FILE,
                 max_age=s.event_max_age_days * 86400,
                 duplicate_window=s.dedupe_window_s,
+                num_replicas=s.stream_replicas,
             )
         )
         for bucket in c.BUCKETS:
             try:
                 self.kv[bucket] = await self.js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
+                # job records expire with their events; the other buckets keep their keys
+                ttl = s.event_max_age_days * 86400 if bucket == c.JOBS_BUCKET else None
                 self.kv[bucket] = await self.js.create_key_value(
-                    KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
+                    KeyValueConfig(
+                        bucket=bucket,
+                        history=1,
+                        storage=StorageType.FILE,
+                        ttl=ttl,
+                        replicas=s.stream_replicas,
+                    )
                 )
 
     async def _stream(self, config: StreamConfig) -> None:
@@ -102,8 +112,13 @@ class Bus:
             await self.js.update_stream(config)  # an older config: bring it up to date
 
     async def close(self) -> None:
-        if not self.nc.is_closed:
+        """Drain (finish in-flight work); if NATS is away, just close."""
+        if self.nc.is_closed:
+            return
+        try:
             await self.nc.drain()
+        except (TimeoutError, nats.errors.Error):
+            await self.nc.close()
 
     # --- publishing ----------------------------------------------------------------------
 
@@ -252,6 +267,7 @@ async def connect(
                 reconnect_time_wait=0.25,
                 connect_timeout=2,
                 allow_reconnect=True,
+                drain_timeout=5,
                 disconnected_cb=disconnected,
                 reconnected_cb=reconnected,
                 error_cb=error_cb,

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from app.config import ConfigError, Settings, ensure_data_dir, load_settings
+from app.errors import SparkError
 
 CONFIG_EXIT = 2
 
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"spark-control: {exc}", file=sys.stderr)
         return CONFIG_EXIT
+    except SparkError as exc:  # e.g. NATS unreachable at start: one line, not a traceback
+        print(f"spark-control: {exc.message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
     return 0

@@ -54,7 +54,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     event_max_age_days: float = 7.0
     discovery_window_s: float = 0.25
     worker_name: str | None = None
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    stream_replicas: int = 1
+    """JetStream replicas of the streams and buckets (3 on a NATS cluster)."""
 
     def host(self, alias: str) -> HostConfig | None:
         return next((h for h in self.hosts if h.alias == alias), None)
@@ -156,7 +158,15 @@ def _validate(s: Settings, source: str) -> Settings:
                 raise ConfigError(f"{source}: hosts.{h.alias}.user: required (no default user)")
             if not 1 <= h.port <= 65535:
                 raise ConfigError(f"{source}: hosts.{h.alias}.port: must be 1..65535")
-    for name in ("ssh_connect_timeout_s", "command_timeout_s", "ack_wait_s", "dedupe_window_s"):
+    if not 1 <= s.stream_replicas <= 5:
+        raise ConfigError(f"{source}: stream_replicas: must be 1..5")
+    for name in (
+        "ssh_connect_timeout_s",
+        "command_timeout_s",
+        "ack_wait_s",
+        "dedupe_window_s",
+        "event_max_age_days",
+    ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{source}: {name}: must be > 0")
     return s
@@ -167,10 +177,16 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None)
     env = os.environ if env is None else env
     path = path or env.get("SPARK_CONTROL_CONFIG") or None
     raw: dict[str, Any] = _read_file(path) if path else {}
+    from_env = _env_layer(env)
+    raw.update(from_env)
     source = path or "environment"
-    raw.update(_env_layer(env))
+    if path and from_env:
+        source = f"{path} (with environment overrides)"
     hosts = {h.get("alias", ""): dict(h) for h in raw.get("hosts", []) if isinstance(h, dict)}
-    for alias, values in _legacy_hosts(env).items():
+    legacy = _legacy_hosts(env)
+    if path and legacy and not from_env:
+        source = f"{path} (with environment overrides)"
+    for alias, values in legacy.items():
         hosts.setdefault(alias, {}).update(values)
     raw["hosts"] = list(hosts.values())
     settings = _validate(_convert(raw, source), source)

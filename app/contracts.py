@@ -120,7 +120,7 @@ def parse_cmd_subject(subject: str) -> tuple[str, str]:
 
 def host_consumer(host: str) -> str:
     """Durable consumer name of one host (shared by every executor replica)."""
-    return f"exec_{host_alias(host).replace('-', '_')}"
+    return f"exec_{host_alias(host)}"
 
 
 def job_key(job_id: str) -> str:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from app.config import ConfigError
+from app.procs import die_with_parent
 
 _LISTEN = re.compile(rb"Listening for client connections on [^\s]*:(\d+)")
 
@@ -44,7 +45,9 @@ def start(
         "-l",
         str(log_path),
     ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, start_new_session=True
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         text = log_path.read_bytes()

@@ -4,8 +4,6 @@ the supervisor (PR_SET_PDEATHSIG), so nothing is orphaned."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -16,6 +14,7 @@ from pathlib import Path
 
 from app import embedded_nats
 from app.config import Settings, ensure_data_dir
+from app.procs import die_with_parent
 
 log = logging.getLogger("spark-control")
 
@@ -23,17 +22,15 @@ PARTS = {"web": ["web"], "worker-ssh": ["worker", "ssh"], "worker-signer": ["wor
 CONFIG_EXIT = 2
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this child when the supervisor dies (no orphans, even on SIGKILL)."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def _spawn(part: str, config: str | None, env: dict[str, str]) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "app.cli"]
     if config:
         args += ["--config", config]
-    return subprocess.Popen(args + PARTS[part], env=env, preexec_fn=_die_with_parent)
+    # Own session: a terminal's Ctrl-C reaches only the supervisor, which stops the parts in
+    # order (web and workers drain first, NATS last).
+    return subprocess.Popen(
+        args + PARTS[part], env=env, preexec_fn=die_with_parent, start_new_session=True
+    )
 
 
 def _stop(procs: list[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
@@ -72,6 +69,8 @@ def up(settings: Settings, config: str | None) -> int:
     try:
         while not stopping:
             time.sleep(0.2)
+            if stopping:
+                break
             if nats_proc is not None and nats_proc.poll() is not None:
                 log.error("embedded nats-server exited (%s); stopping", nats_proc.returncode)
                 code = 1

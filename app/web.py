@@ -53,6 +53,11 @@ def _wants_html(request: Request[Any, Any, Any]) -> bool:
 
 
 def _error(request: Request[Any, Any, Any], status: int, message: str, code: str) -> Response[Any]:
+    if request.headers.get("hx-request") == "true":  # an htmx swap: a fragment in place
+        return Template(
+            "_error.html", context={"error": message, "code": code},
+            status_code=status, media_type=MediaType.HTML,
+        )  # fmt: skip
     if _wants_html(request):
         return Template(
             "error.html",

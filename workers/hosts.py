@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+import nats.errors
 
 from app import contracts as c
 from app.bus import Bus
@@ -56,38 +57,59 @@ class HostRunners:
                 await transport.close()
 
 
-async def record_host_outcome(
+async def host_outcome(
     bus: Bus, job: c.JobRecord, result: Any, code: str | None, error: str | None
-) -> None:
-    """A finished job says whether the host answered: keep the state bucket and events in step."""
-    reachable = code not in UNREACHABLE_CODES
-    if code and reachable and job.action != "probe":
-        return  # the host answered but the command failed: nothing learnt about the host
-    previous = await bus.get_host_state(job.host)
-    t = c.now()
-    probe = None
-    if job.action == "probe" and result is not None:
-        probe = msgspec.convert(result, type=c.ProbeResult)
-    elif previous is not None:
-        probe = previous.probe
-    up = reachable and code is None
-    state = c.HostState(
-        host=job.host, up=up, checked_at=t, probe=probe, error=error if not up else None
-    )
+) -> list[tuple[str, c.Event]]:
+    """Write the host state a finished job implies; return the host events to publish after
+    the job's final event. Only success (up) or failing to reach the host (down) says
+    anything about the host: a timeout or a failed command leaves its state alone."""
+    if code in UNREACHABLE_CODES:
+        up = False
+    elif code is None:
+        up = True
+    else:
+        return []
     try:
-        await bus.put_host_state(state)
-        kinds = ["probed"] if probe is not None and job.action == "probe" and up else []
-        if previous is None or previous.up != up:
-            kinds.insert(0, "up" if up else "down")
-        for kind in kinds:
-            event = c.Event(
-                kind=kind,
-                ts=t,
-                host=job.host,
-                job_id=job.id,
-                message=None if up else error,
-                data=result if kind == "probed" else None,
+        previous = await bus.get_host_state(job.host)
+        t = c.now()
+        probe = previous.probe if previous else None
+        if job.action == "probe" and up and result is not None:
+            probe = msgspec.convert(result, type=c.ProbeResult)
+        await bus.put_host_state(
+            c.HostState(
+                host=job.host, up=up, checked_at=t, probe=probe, error=None if up else error
             )
-            await bus.publish_event(c.evt_host(job.host, kind), event)
-    except SparkError as exc:
+        )
+    except (TimeoutError, SparkError, nats.errors.Error) as exc:
         log.warning("could not record the state of %s: %s", job.host, exc)
+        return []
+    events = []
+    if previous is None or previous.up != up:
+        kind = "up" if up else "down"
+        events.append((kind, c.Event(kind=kind, ts=t, host=job.host, job_id=job.id, message=error)))
+    if job.action == "probe" and up:
+        events.append(
+            ("probed", c.Event(kind="probed", ts=t, host=job.host, job_id=job.id, data=result))
+        )
+    return [(c.evt_host(job.host, kind), ev) for kind, ev in events]
+
+
+async def mark_down(bus: Bus, alias: str, reason: str, worker: str) -> None:
+    """The connection to a host was lost (keepalive or reset): state down, and a down event."""
+    try:
+        previous = await bus.get_host_state(alias)
+        t = c.now()
+        await bus.put_host_state(
+            c.HostState(
+                host=alias,
+                up=False,
+                checked_at=t,
+                error=reason,
+                probe=previous.probe if previous else None,
+            )
+        )
+        if previous is None or previous.up:
+            event = c.Event(kind="down", ts=t, host=alias, worker=worker, message=reason)
+            await bus.publish_event(c.evt_host(alias, "down"), event)
+    except (TimeoutError, SparkError, nats.errors.Error) as exc:
+        log.warning("could not record %s down: %s", alias, exc)

@@ -124,3 +124,19 @@ def test_bad_settings_exit_2_with_a_message_naming_the_key(tmp_path: Path) -> No
             )
             assert done.returncode == 2, (part, done.stderr)
             assert needle in done.stderr and "Traceback" not in done.stderr
+
+
+def test_sigkill_of_up_leaves_no_orphans(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*CLI, "up"], env=_env(tmp_path / "data", port), cwd=stack.REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait(lambda: _status(f"http://127.0.0.1:{port}"), timeout=60)
+        children = _descendants(proc.pid)
+        assert len(children) >= 4
+    finally:
+        proc.kill()
+        proc.wait()
+    _wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=20)
