@@ -61,7 +61,7 @@ def find_binary(name: str) -> str:
 
 
 def _descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (from /proc), children first."""
+    """All live descendants of ``pid``, found by walking /proc."""
     parents: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
