@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
+from app import aio
 from app.config import ConfigError, Settings, ensure_data_dir, load_settings
 from app.errors import SparkError
 
@@ -57,11 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.kind == "ssh":
             from workers.ssh_executor import serve
 
-            asyncio.run(serve(settings))
+            aio.run(serve(settings))
         else:
             from workers.blob_signer import serve as serve_signer
 
-            asyncio.run(serve_signer(settings))
+            aio.run(serve_signer(settings))
     except ConfigError as exc:
         print(f"spark-control: {exc}", file=sys.stderr)
         return CONFIG_EXIT

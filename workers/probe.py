@@ -2,7 +2,8 @@
 
 One script prints every section behind a ``@@spark:<name>`` marker line; pure parsers
 turn each section into the ProbeResult fields. The script reads /proc with shell builtins and
-runs df once, so a probe costs few process starts on the host. A DGX Spark's GPU shares the unified
+starts df, docker and nvidia-smi side by side (each slow on a real host), so a probe costs
+three process starts, run in parallel. A DGX Spark's GPU shares the unified
 memory, so memory comes from /proc/meminfo and nvidia-smi's memory fields read [N/A].
 """
 
@@ -21,20 +22,27 @@ MARK = "@@spark:"
 GPU_QUERY = "name,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw"
 
 PROBE_SCRIPT = f"""export LC_ALL=C
+hf="${{HF_HOME:-$HOME/.cache/huggingface}}/hub"
+while [ ! -e "$hf" ] && [ -n "$hf" ]; do hf="${{hf%/*}}"; done
+hf="${{hf:-/}}"; dk=""; gp=""
+exec 4< <(df -P -B1 -- "$HOME" "$hf" 2>/dev/null)
+if command -v docker >/dev/null 2>&1; then
+  dk=1; exec 5< <(docker ps --format '{{{{json .}}}}' 2>/dev/null || echo '{MARK}docker-error')
+fi
+if command -v nvidia-smi >/dev/null 2>&1; then
+  gp=1; exec 6< <(nvidia-smi --query-gpu={GPU_QUERY} --format=csv,noheader,nounits 2>/dev/null)
+fi
 echo '{MARK}uptime'; read -r l < /proc/uptime; echo "$l"
 echo '{MARK}loadavg'; read -r l < /proc/loadavg; echo "$l"
 echo '{MARK}meminfo'; while IFS= read -r l; do echo "$l"; done < /proc/meminfo
-hf="${{HF_HOME:-$HOME/.cache/huggingface}}/hub"
-while [ ! -e "$hf" ] && [ -n "$hf" ]; do hf="${{hf%/*}}"; done
-mapfile -t rows < <(df -P -B1 -- "$HOME" "${{hf:-/}}" 2>/dev/null)
+mapfile -t rows <&4
 echo "{MARK}df $HOME"; printf '%s\\n' "${{rows[0]}}" "${{rows[1]}}"
-echo "{MARK}df ${{hf:-/}}"; printf '%s\\n' "${{rows[0]}}" "${{rows[2]}}"
-if command -v docker >/dev/null 2>&1; then
-  echo '{MARK}docker'; docker ps --format '{{{{json .}}}}' 2>/dev/null \\
-    || echo '{MARK}docker-error'
+echo "{MARK}df $hf"; printf '%s\\n' "${{rows[0]}}" "${{rows[2]}}"
+if [ -n "$dk" ]; then
+  echo '{MARK}docker'; while IFS= read -r l; do echo "$l"; done <&5
 else echo '{MARK}no-docker'; fi
-if command -v nvidia-smi >/dev/null 2>&1; then
-  echo '{MARK}gpu'; nvidia-smi --query-gpu={GPU_QUERY} --format=csv,noheader,nounits 2>/dev/null
+if [ -n "$gp" ]; then
+  echo '{MARK}gpu'; while IFS= read -r l; do echo "$l"; done <&6
 fi
 true
 """
