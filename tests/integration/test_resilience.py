@@ -16,6 +16,7 @@ from app import contracts as c
 from app.bus import Bus, connect
 from app.config import HostConfig
 from tests import stack
+from tests.servers import sleepers
 
 
 @pytest.fixture
@@ -197,14 +198,14 @@ async def test_cancel_running_and_queued_jobs(settings: Any, ssh_host: Any) -> N
             running = (await client.post(f"/api/hosts/{alias}/probe")).json()["job_id"]
             queued = (await client.post(f"/api/hosts/{alias}/probe")).json()["job_id"]
             await _collect(bus, c.evt_job_filter(running), lambda e: e and e[-1].kind == "started")
-            await stack.wait_for(lambda: _sleepers("7.77"), timeout=5)  # remote command running
+            await stack.wait_for(lambda: sleepers("7.77"), timeout=5)  # remote command running
             r = await client.post(f"/api/jobs/{queued}/cancel")
             assert r.status_code == 200 and r.json()["state"] == "cancelled"
             t0 = time.monotonic()
             r = await client.post(f"/api/jobs/{running}/cancel")
             assert r.status_code == 200 and r.json()["state"] == "cancelled"
             assert time.monotonic() - t0 < 5
-            await stack.wait_for(lambda: not _sleepers("7.77"), timeout=5)
+            await stack.wait_for(lambda: not sleepers("7.77"), timeout=5)
             ev_run = await stack.sse_events(client, f"/api/jobs/{running}/events")
             ev_q = await stack.sse_events(client, f"/api/jobs/{queued}/events")
             assert [e["event"] for e in ev_run] == ["accepted", "started", "cancelled"]
@@ -216,15 +217,3 @@ async def test_cancel_running_and_queued_jobs(settings: Any, ssh_host: Any) -> N
             ] == "done"
             r = await client.post(f"/api/jobs/{nxt}/cancel")  # finished: unchanged
             assert r.json()["state"] == "succeeded"
-
-
-def _sleepers(marker: str) -> list[int]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args[:1] == [b"sleep"] and marker.encode() in args:
-            found.append(int(cmdline.parent.name))
-    return found

@@ -14,7 +14,15 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.servers import SHIMS_DIR, SSHD, AsyncsshHost, NatsServer, SeaweedS3, SshdHost
+from tests.servers import (
+    SHIMS_DIR,
+    SSHD,
+    AsyncsshHost,
+    NatsServer,
+    SeaweedS3,
+    SshdHost,
+    sleepers,
+)
 
 GPU_QUERY = "name,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw"
 
@@ -124,33 +132,21 @@ async def test_ssh_host_stop_drops_sessions_and_start_reuses_port(any_ssh_host: 
     conn = await asyncssh.connect(**host.connect_kwargs())
     proc = await conn.create_process("sleep 54.321")
     await asyncio.sleep(0.2)
-    assert _sleepers("54.321")
+    assert sleepers("54.321")
     await asyncio.to_thread(host.stop)
     await asyncio.wait_for(proc.wait_closed(), 10)  # session dropped with the host
     await asyncio.wait_for(conn.wait_closed(), 10)
     for _ in range(50):  # SIGKILL delivery is asynchronous
-        if not _sleepers("54.321"):
+        if not sleepers("54.321"):
             break
         await asyncio.sleep(0.05)
-    assert not _sleepers("54.321"), "remote command outlived the host"
+    assert not sleepers("54.321"), "remote command outlived the host"
     with pytest.raises(OSError):
         await asyncssh.connect(**host.connect_kwargs())
 
     host.start()
     async with asyncssh.connect(**host.connect_kwargs()) as conn:
         assert (await conn.run("echo back")).stdout == "back\n"
-
-
-def _sleepers(marker: str) -> list[int]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args[:1] == [b"sleep"] and marker.encode() in args:
-            found.append(int(cmdline.parent.name))
-    return found
 
 
 def _s3(store: SeaweedS3, secret: str | None = None) -> Any:
