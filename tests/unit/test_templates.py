@@ -212,7 +212,8 @@ def test_hosts_nav_marks_current_page(env: Environment) -> None:
 def test_job_panel_streams_over_sse(env: Environment) -> None:
     html = env.get_template("_job_panel.html").render(job=job())
     assert 'hx-ext="sse"' in html
-    assert 'sse-connect="/jobs/job-7f3a/stream"' in html
+    # on the hosts page the stream also refreshes the job header and host tile (oob)
+    assert 'sse-connect="/jobs/job-7f3a/stream?oob=1"' in html
     assert 'sse-close="end"' in html
     assert 'sse-swap="event"' in html and 'hx-swap="beforeend"' in html
     assert 'href="/jobs/job-7f3a"' in html
@@ -286,8 +287,9 @@ def render_event(env: Environment, ev: Event, seq: int = 3) -> str:
 
 
 def test_event_is_one_root_element(env: Environment) -> None:
-    html = render_event(env, Event(kind="log", ts=T0, line="hello", stream="stdout"), seq=42)
-    assert html.startswith('<div id="ev-42"')
+    ev = Event(kind="log", ts=T0, line="hello", stream="stdout", job_id="j1")
+    html = render_event(env, ev, seq=42)
+    assert html.startswith('<div id="ev-j1-42"')  # unique across several panels on a page
     assert html.endswith("</div>")
     assert html.count("<div") == 1
     assert "\n" not in html  # one line: one SSE data line
