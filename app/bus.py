@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import msgspec
@@ -28,7 +28,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from app import contracts as c
-from app.config import Settings
+from app.config import ConfigError, Settings
 from app.errors import BusUnavailable, Conflict
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,12 @@ class Bus:
             )
         )
         for bucket in c.BUCKETS:
+            # job records expire with their events; the other buckets keep their keys
+            ttl = s.event_max_age_days * 86400 if bucket == c.JOBS_BUCKET else None
             try:
                 self.kv[bucket] = await self.js.key_value(bucket)
+                await self._bucket_in_step(bucket, ttl)
             except nats.js.errors.BucketNotFoundError:
-                # job records expire with their events; the other buckets keep their keys
-                ttl = s.event_max_age_days * 86400 if bucket == c.JOBS_BUCKET else None
                 self.kv[bucket] = await self.js.create_key_value(
                     KeyValueConfig(
                         bucket=bucket,
@@ -104,6 +105,17 @@ class Bus:
                         replicas=s.stream_replicas,
                     )
                 )
+
+    async def _bucket_in_step(self, bucket: str, ttl: float | None) -> None:
+        """An existing bucket follows changed settings (TTL, replicas): its stream is updated."""
+        info = await self.js.stream_info(f"KV_{bucket}")
+        cfg = info.config
+        want_age = ttl or 0.0
+        if (cfg.max_age or 0.0) != want_age or (
+            cfg.num_replicas or 1
+        ) != self.settings.stream_replicas:
+            cfg.max_age, cfg.num_replicas = want_age, self.settings.stream_replicas
+            await self.js.update_stream(cfg)
 
     async def _stream(self, config: StreamConfig) -> None:
         try:
@@ -232,53 +244,43 @@ class Bus:
             await sub.unsubscribe()
 
 
-async def connect(
-    settings: Settings,
-    name: str,
-    url: str | None = None,
-    on_state: Callable[[str], None] | None = None,
-    connect_timeout_s: float = 30.0,
-) -> Bus:
-    """Connect (retrying while the server starts) and ensure streams and buckets exist."""
+async def connect(settings: Settings, name: str, url: str | None = None) -> Bus:
+    """Connect (retrying while the server starts, up to ``nats_connect_timeout_s``), then
+    ensure streams and buckets exist. Unreachable → BusUnavailable, one clear line."""
     server = url or settings.nats_url or "nats://127.0.0.1:4222"
-
-    async def _cb(state: str) -> None:
-        log.info("nats %s", state)
-        if on_state:
-            on_state(state)
+    connect_timeout_s = settings.nats_connect_timeout_s
 
     async def disconnected() -> None:
-        await _cb("disconnected")
+        log.info("nats disconnected")
 
     async def reconnected() -> None:
-        await _cb("reconnected")
+        log.info("nats reconnected")
 
     async def error_cb(exc: Exception) -> None:
         log.debug("nats error: %s", exc)
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + connect_timeout_s
-    while True:
-        try:
-            nc = await nats.connect(
-                server,
-                name=name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
-                connect_timeout=2,
-                allow_reconnect=True,
-                drain_timeout=5,
-                disconnected_cb=disconnected,
-                reconnected_cb=reconnected,
-                error_cb=error_cb,
-            )
-            break
-        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
-            if loop.time() > deadline:
-                raise BusUnavailable(f"cannot reach NATS at {_safe_url(server)}") from exc
-            await asyncio.sleep(0.25)
+    try:
+        nc = await asyncio.wait_for(
+            nats.connect(
+                server, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+                connect_timeout=2, allow_reconnect=True, drain_timeout=5,
+                disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error_cb,
+            ),
+            connect_timeout_s,
+        )  # fmt: skip
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        raise BusUnavailable(
+            f"cannot reach NATS at {_safe_url(server)} within {connect_timeout_s:g} s"
+        ) from exc
     bus = Bus(nc=nc, js=nc.jetstream(timeout=5.0), settings=settings)
-    await bus.ensure()
+    try:
+        await bus.ensure()
+    except nats.js.errors.APIError as exc:
+        await nc.close()
+        raise ConfigError(
+            f"NATS refused the streams/buckets ({exc.description}); check stream_replicas "
+            "(more than 1 needs a NATS cluster) and the server's JetStream limits"
+        ) from exc
     return bus
 
 

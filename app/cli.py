@@ -24,18 +24,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _web(settings: Settings) -> None:
+async def _web(settings: Settings) -> None:
+    """Connect first (a clear one-line error if NATS is unreachable), then serve HTTP."""
     import uvicorn
 
+    from app.bus import connect
     from app.web import create_app
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.bind_host,
-        port=settings.bind_port,
-        log_level=settings.log_level,
-        lifespan="on",
-    )
+    bus = await connect(settings, name="spark-web")
+    config = uvicorn.Config(
+        create_app(settings, bus), host=settings.bind_host, port=settings.bind_port,
+        log_level=settings.log_level, lifespan="on",
+    )  # fmt: skip
+    await uvicorn.Server(config).serve()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return up(settings, args.config)
         if args.part == "web":
-            _web(settings)
+            aio.run(_web(settings))
         elif args.kind == "ssh":
             from workers.ssh_executor import serve
 

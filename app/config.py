@@ -42,6 +42,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bind_port: int = 9999
     nats_url: str | None = None
     """External NATS; when unset, ``spark-control up`` starts the embedded server."""
+    nats_connect_timeout_s: float = 30.0
+    """How long a part waits for NATS at start before giving up with a clear message."""
     hosts: list[HostConfig] = msgspec.field(default_factory=list)
     ssh_key_path: str | None = None
     ssh_known_hosts: str = str(Path("~/.ssh/known_hosts").expanduser())
@@ -109,7 +111,7 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
         for name in env_names(field):
             value = env.get(name, "").strip()
             if value:
-                out[field] = value
+                out[field] = value.lower() if field == "log_level" else value
                 break
     return out
 
@@ -136,7 +138,7 @@ def _convert(raw: dict[str, Any], source: str) -> Settings:
         if " - at `$." in msg:
             msg, _, path = msg.partition(" - at `$.")
             where = path.rstrip("`") + ": "
-        raise ConfigError(f"{source}: {where}{msg.lower()}") from exc
+        raise ConfigError(f"{source}: {where}{msg[:1].lower()}{msg[1:]}") from exc
 
 
 def _validate(s: Settings, source: str) -> Settings:

@@ -63,7 +63,9 @@ def up(settings: Settings, config: str | None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     children = {part: _spawn(part, config, env) for part in PARTS}
-    restarts = dict.fromkeys(PARTS, 0.0)
+    started = dict.fromkeys(PARTS, time.monotonic())
+    failures = dict.fromkeys(PARTS, 0)
+    restart_at: dict[str, float] = {}
     log.info("dashboard on http://%s:%d", settings.bind_host, settings.bind_port)
     code = 0
     try:
@@ -75,19 +77,25 @@ def up(settings: Settings, config: str | None) -> int:
                 log.error("embedded nats-server exited (%s); stopping", nats_proc.returncode)
                 code = 1
                 break
+            now = time.monotonic()
             for part, proc in list(children.items()):
+                if part in restart_at:
+                    if now >= restart_at[part]:
+                        del restart_at[part]
+                        children[part], started[part] = _spawn(part, config, env), now
+                    continue
                 rc = proc.poll()
-                if rc is None or stopping:
+                if rc is None:
                     continue
                 if rc == CONFIG_EXIT:
                     log.error("%s refused its configuration; stopping everything", part)
                     stopping, code = True, CONFIG_EXIT
                     break
-                wait = min(30.0, 1.0 + restarts[part] * 2)
+                # a part that ran a while restarts at once; a crash loop backs off
+                failures[part] = 0 if now - started[part] > 60 else failures[part] + 1
+                wait = min(30.0, 2.0 ** failures[part] - 1)
                 log.warning("%s exited with %s; restarting in %.0f s", part, rc, wait)
-                time.sleep(wait)
-                restarts[part] += 1
-                children[part] = _spawn(part, config, env)
+                restart_at[part] = now + wait
     finally:
         _stop(list(children.values()))
         if nats_proc is not None:

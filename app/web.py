@@ -18,7 +18,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from app import filters
-from app.bus import connect
+from app.bus import Bus, connect
 from app.config import Settings
 from app.errors import SparkError, error_body
 from app.routes import api, pages
@@ -88,13 +88,13 @@ def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[A
     return _error(request, 500, "internal error (see the server log)", "INTERNAL")
 
 
-def create_app(settings: Settings, nats_url: str | None = None) -> Litestar:
-    """Assemble the web front. Nothing connects until the app starts (lifespan)."""
+def create_app(settings: Settings, bus: Bus | None = None) -> Litestar:
+    """Assemble the web front. With no ``bus`` given, the lifespan connects one at start."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.bus = await connect(settings, name="spark-web", url=nats_url)
+        app.state.bus = bus or await connect(settings, name="spark-web")
         try:
             yield
         finally:

@@ -73,7 +73,14 @@ class Executor:
         )
         try:
             await self.bus.js.add_consumer(c.CMD_STREAM, config)
-        except nats.js.errors.BadRequestError:
+        except nats.js.errors.BadRequestError as exc:
+            try:  # an existing consumer made with other settings is used as it is
+                await self.bus.js.consumer_info(c.CMD_STREAM, durable)
+            except nats.js.errors.NotFoundError:
+                raise SparkError(
+                    f"NATS refused the consumer for host {alias}: {exc.description}",
+                    code="BUS_SETUP",
+                ) from exc
             log.info("consumer %s exists with other settings; using it as is", durable)
         return await self.bus.js.pull_subscribe_bind(durable=durable, stream=c.CMD_STREAM)
 

@@ -50,7 +50,14 @@ async def run_until_stopped(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     worker = worker_name(settings, kind)
-    bus = await connect(settings, name=worker)
+    connecting = asyncio.create_task(connect(settings, name=worker))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({connecting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not connecting.done():  # asked to stop while NATS was still unreachable
+        connecting.cancel()
+        return
+    bus = connecting.result()
     teardown = await setup(bus, worker)
     log.info("%s ready", worker)
     try:

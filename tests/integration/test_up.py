@@ -140,3 +140,20 @@ def test_sigkill_of_up_leaves_no_orphans(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     _wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=20)
+
+
+def test_unreachable_nats_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
+    closed = free_port()
+    env = _env(
+        tmp_path / "d", free_port(), NATS_URL=f"nats://user:s3cret@127.0.0.1:{closed}",
+        SPARK_CONTROL_NATS_CONNECT_TIMEOUT_S="1.5",
+    )  # fmt: skip
+    for part in (["web"], ["worker", "ssh"], ["worker", "signer"]):
+        t0 = time.monotonic()
+        done = subprocess.run(
+            [*CLI, *part], env=env, cwd=stack.REPO, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 1, (part, done.stderr)
+        assert f"cannot reach NATS at nats://127.0.0.1:{closed}" in done.stderr
+        assert "Traceback" not in done.stderr and "s3cret" not in done.stderr
+        assert time.monotonic() - t0 < 10
