@@ -81,9 +81,11 @@ async def submit(
     command = c.Command(
         job_id=job_id, args=args or {}, requested_by=requested_by, timeout_s=timeout_s
     )
-    try:
-        await bus.publish_event(c.evt_job(job_id, "accepted"), accepted, f"{job_id}.accepted")
-        await bus.publish_command(host, action, command, msg_id=job_id)
+    try:  # sent in this order on one connection, acknowledged together
+        await asyncio.gather(
+            bus.publish_event(c.evt_job(job_id, "accepted"), accepted, f"{job_id}.accepted"),
+            bus.publish_command(host, action, command, msg_id=job_id),
+        )
     except SparkError as exc:
         await _fail_unqueued(bus, job, exc)
         raise
