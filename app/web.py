@@ -21,7 +21,7 @@ from app import filters
 from app.bus import Bus, connect
 from app.config import Settings
 from app.errors import SparkError, error_body
-from app.routes import api, pages
+from app.routes import api, models, pages
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ def create_app(settings: Settings, bus: Bus | None = None) -> Litestar:
     return Litestar(
         route_handlers=[
             *api.ROUTES,
+            *models.ROUTES,
             *pages.ROUTES,
             create_static_files_router(path="/static", directories=[PACKAGE / "static"]),
         ],

@@ -1,4 +1,4 @@
-"""The installed package carries its templates and static files (a wheel, not the checkout)."""
+"""The installed package carries its templates, static files and model catalog."""
 
 from __future__ import annotations
 
@@ -22,6 +22,6 @@ def test_wheel_ships_templates_static_and_workers(tmp_path: Path) -> None:
     assert templates and {f"app/templates/{t}" for t in templates} <= names
     for static in ("htmx.min.js", "htmx-ext-sse.js", "app.css", "favicon.svg"):
         assert f"app/static/{static}" in names
-    assert {"workers/executor.py", "app/contracts.py", "app/cli.py"} <= names
+    assert {"workers/executor.py", "app/contracts.py", "app/cli.py", "app/models.yaml"} <= names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "spark-control = app.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

@@ -1,0 +1,60 @@
+"""Model catalog API: the bundled recipes merged with the overrides file; POST adds or overrides
+an entry, validated like the files. Read from the files on every request (about 2 ms), so every
+web replica sharing the files agrees without a cache to invalidate."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath
+from litestar.response import Response
+
+from app import catalog
+from app.errors import BadRequest, NotFound
+from app.routes.deps import settings_of
+
+BODY_LIMIT = 64 * 1024
+
+
+class UnknownModel(NotFound):
+    code = "UNKNOWN_MODEL"
+
+
+def _paths(state: State) -> tuple[Path, Path]:
+    return catalog.catalog_paths(settings_of(state), os.environ)
+
+
+@get("/api/models")
+async def list_models(state: State) -> list[dict[str, Any]]:
+    return (await asyncio.to_thread(catalog.current, *_paths(state))).entries()
+
+
+@get("/api/models/{key:str}")
+async def get_model(state: State, key: FromPath[str]) -> dict[str, Any]:
+    found = await asyncio.to_thread(catalog.current, *_paths(state))
+    if key not in found.models:
+        raise UnknownModel("no such model in the catalog")
+    return found.entry(key)
+
+
+@post("/api/models", status_code=201, request_max_body_size=BODY_LIMIT)
+async def add_model(state: State, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    """Body ``{"key": ..., "recipe": {...}}``; saved as that key's overrides entry."""
+    try:
+        body = msgspec.json.decode(await request.body())
+    except msgspec.DecodeError as exc:
+        raise BadRequest("body: not valid JSON", code="BAD_JSON") from exc
+    if not isinstance(body, dict) or set(body) != {"key", "recipe"}:
+        raise catalog.CatalogError('request: body must be {"key": ..., "recipe": {...}}')
+    key, raw = body["key"], body["recipe"]
+    found = await asyncio.to_thread(catalog.add_entry, *_paths(state), key, raw)
+    return Response(found.entry(key), status_code=201, headers={"location": f"/api/models/{key}"})
+
+
+ROUTES = [list_models, get_model, add_model]
