@@ -1,0 +1,103 @@
+"""The launch-command builder and the pre-flight checks, on the bundled catalog and on
+hostile values: the host's shell must see exactly the intended words."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from app import catalog, launch, preflight
+from app import contracts as c
+from app.catalog import Recipe
+
+GIB = 2**30
+
+
+def bundled() -> catalog.Catalog:
+    return catalog.load_catalog(catalog.bundled_path())
+
+
+def probed(available_gib: float, free_gib: float = 500) -> c.HostState:
+    probe = c.ProbeResult(
+        host="spark1", uptime_s=1, load=(0, 0, 0), mem_total_bytes=int(121.7 * GIB),
+        mem_available_bytes=int(available_gib * GIB), swap_total_bytes=0, swap_free_bytes=0,
+        disks=[
+            c.DiskUsage(path="/home/ops", total_bytes=10**12, used_bytes=0, free_bytes=10**12),
+            c.DiskUsage(path="/home/ops/.cache/huggingface/hub", total_bytes=10**12,
+                        used_bytes=0, free_bytes=int(free_gib * GIB)),
+        ],
+        docker=True, containers=[], gpus=[], probed_at=0, duration_ms=1,
+    )  # fmt: skip
+    return c.HostState(host="spark1", up=True, checked_at=0, probe=probe)
+
+
+@pytest.mark.parametrize("key", sorted(bundled().models))
+def test_every_bundled_recipe_passes_command_and_flag_checks(key: str) -> None:
+    recipe = bundled().models[key]
+    result = preflight.run(key, recipe, "spark1", probed(available_gib=119))
+    checks = {ch.name: ch for ch in result.checks}
+    assert checks["command"].ok and checks["flags"].ok, checks
+    assert result.ok == all(ch.ok for ch in result.checks)
+    if recipe.mode == "cluster":
+        assert result.command.startswith('"$HOME"/spark-vllm-docker/launch-cluster.sh -d exec ')
+        assert result.command.count("--distributed-executor-backend") == 1
+    else:
+        assert result.command.startswith("docker run -d --name ")
+
+
+def hostile_recipe() -> Recipe:
+    """Values the catalog accepts that still carry shell metacharacters (quoted at the sink)."""
+    return catalog.validate_recipe(
+        "evil-ok",
+        {
+            "repo": "org/model.v1", "served_name": "a:b@c+d",
+            "env": {"VLLM_LOGGING_PREFIX": "$(reboot); `id` 'x' \"y\" * > /tmp/z"},
+            "extra_args": {"chat-template": "{% if x %}$HOME; rm -rf /{% endif %}"},
+        },
+    )  # fmt: skip
+
+
+def test_host_shell_sees_exactly_the_argv() -> None:
+    recipe = hostile_recipe()
+    argv = launch.docker_argv("evil-ok", recipe)
+    line = launch.render(argv)
+    assert launch.round_trips(argv, line)
+    # bash parses the line as the host would; $HOME (a constant we wrote) is the only expansion
+    out = subprocess.run(
+        ["bash", "-c", f"set -- {line}; printf '%s\\0' \"$@\""],
+        env={"HOME": "/home/ops", "PATH": "/usr/bin:/bin"}, capture_output=True, check=True,
+    ).stdout.decode()  # fmt: skip
+    got = out.split("\0")[:-1]
+    want = [w.replace("$HOME", "/home/ops") if w == launch.HF_CACHE_WORD else w for w in argv]
+    assert got == want
+    assert "-e" in got and "VLLM_LOGGING_PREFIX=$(reboot); `id` 'x' \"y\" * > /tmp/z" in got
+
+
+def test_unknown_and_repeated_flags_are_refused() -> None:
+    argv = launch.docker_argv("k", hostile_recipe())
+    assert preflight.check_flags([*argv, "--no-such-flag", "1"]).detail == (
+        "not vLLM flags: --no-such-flag"
+    )
+    bad = preflight.check_flags([*argv, "--served-model-name", "other"])
+    assert not bad.ok and bad.detail == "given more than once: --served-model-name"
+
+
+def test_memory_admission_refuses_with_numbers() -> None:
+    recipe = bundled().models["gpt-oss-120b"]
+    assert recipe.weight_bytes
+    ok = preflight.check_memory(recipe, probed(available_gib=119))
+    assert ok.ok, ok.detail
+    refused = preflight.check_memory(recipe, probed(available_gib=40))
+    assert not refused.ok
+    assert "needs 62.8 GiB" in refused.detail and "40.0 GiB available" in refused.detail
+    assert "allowed 34.0 GiB" in refused.detail
+    assert not preflight.check_memory(recipe, None).ok  # no probe: cannot admit
+
+
+def test_disk_check_for_downloads() -> None:
+    recipe = bundled().models["gpt-oss-120b"]
+    assert preflight.check_disk(recipe, probed(119, free_gib=500), on_disk=False).ok
+    small = preflight.check_disk(recipe, probed(119, free_gib=10), on_disk=False)
+    assert not small.ok and "10.0 GiB free" in small.detail
+    assert preflight.check_disk(recipe, probed(119, free_gib=10), on_disk=True).ok
