@@ -26,6 +26,8 @@ STATE_BUCKET = "spark_state"
 LOCKS_BUCKET = "spark_locks"
 SETTINGS_BUCKET = "spark_settings"
 BUCKETS = (JOBS_BUCKET, STATE_BUCKET, LOCKS_BUCKET, SETTINGS_BUCKET)
+SWAP_LOCK_KEY = "swap"  # in LOCKS_BUCKET: the swap reservation
+SCHEDULE_KEY_PREFIX = "schedule"  # in SETTINGS_BUCKET: ``schedule.<id>``, the job registry
 
 EXECUTOR_SERVICE = "spark-ssh-executor"
 SIGNER_SERVICE = "spark-blob-signer"
@@ -129,6 +131,11 @@ def job_key(job_id: str) -> str:
 
 def host_state_key(host: str) -> str:
     return f"host.{host_alias(host)}"
+
+
+def schedule_key(entry_id: str) -> str:
+    """Key of one schedule registry entry in SETTINGS_BUCKET."""
+    return f"{SCHEDULE_KEY_PREFIX}.{token(entry_id, 'schedule id')}"
 
 
 # --- messages ----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from app import filters
 from app.bus import Bus, connect
 from app.config import Settings
 from app.errors import SparkError, error_body
-from app.routes import api, models, pages, swap
+from app.routes import api, coordination, models, pages, swap
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def create_app(settings: Settings, bus: Bus | None = None) -> Litestar:
             *api.ROUTES,
             *models.ROUTES,
             *swap.ROUTES,
+            *coordination.ROUTES,
             *pages.ROUTES,
             create_static_files_router(path="/static", directories=[PACKAGE / "static"]),
         ],
