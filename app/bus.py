@@ -209,6 +209,16 @@ class Bus:
             return None
         return c.decode_host_state(entry.value) if entry.value else None
 
+    async def get_model_state(self, host: str) -> c.ModelState | None:
+        try:
+            entry = await self.state.get(c.model_state_key(host))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return msgspec.json.decode(entry.value, type=c.ModelState) if entry.value else None
+
+    async def put_model_state(self, state: c.ModelState) -> None:
+        await self.state.put(c.model_state_key(state.host), c.encode(state))
+
     async def put_host_state(self, state: c.HostState) -> None:
         await self.state.put(c.host_state_key(state.host), c.encode(state))
 

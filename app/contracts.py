@@ -38,12 +38,12 @@ SRV_PING = "$SRV.PING"
 SRV_INFO = "$SRV.INFO"
 SRV_STATS = "$SRV.STATS"
 
-ACTIONS = ("probe",)
-"""Host actions the executor knows. Later issues add launch, stop, swap, download, …"""
+ACTIONS = ("probe", "swap", "stop")
+"""Host actions the executor knows."""
 
 JOB_KINDS = ("accepted", "started", "progress", "log", "done", "failed", "cancelled")
 FINAL_KINDS = frozenset({"done", "failed", "cancelled"})
-HOST_KINDS = ("up", "down", "probed")
+HOST_KINDS = ("up", "down", "probed", "model")
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
@@ -131,6 +131,11 @@ def job_key(job_id: str) -> str:
 
 def host_state_key(host: str) -> str:
     return f"host.{host_alias(host)}"
+
+
+def model_state_key(host: str) -> str:
+    """What model runs on a host (``spark_state`` bucket)."""
+    return f"model.{host_alias(host)}"
 
 
 def schedule_key(entry_id: str) -> str:
@@ -245,6 +250,19 @@ class HostState(msgspec.Struct, kw_only=True):
     checked_at: float
     probe: ProbeResult | None = None
     error: str | None = None
+
+
+class ModelState(msgspec.Struct, kw_only=True):
+    """The model a host serves, as the last swap left it (``model.<host>`` in ``spark_state``).
+    ``model`` None: nothing runs (stopped)."""
+
+    host: str
+    model: str | None
+    recipe: dict[str, Any] = msgspec.field(default_factory=dict)
+    container: str | None = None
+    port: int | None = None
+    since: float = 0.0
+    job_id: str | None = None
 
 
 def encode(obj: Any) -> bytes:

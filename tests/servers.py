@@ -235,8 +235,12 @@ class _SshHostBase:
 
     @property
     def env(self) -> dict[str, str]:
-        """Environment forced onto every remote command."""
-        return {"PATH": f"{self.shims_dir}:{BASE_PATH}", "SPARK_SIM_DIR": str(self.sim_dir)}
+        """Environment forced onto every remote command (SPARK_SIM_PYTHON runs tests/sim)."""
+        return {
+            "PATH": f"{self.shims_dir}:{BASE_PATH}",
+            "SPARK_SIM_DIR": str(self.sim_dir),
+            "SPARK_SIM_PYTHON": sys.executable,
+        }
 
     def add_container(
         self, name: str, image: str = "nvcr.io/nvidia/vllm:25.09-py3",
@@ -256,6 +260,62 @@ class _SshHostBase:
             delay.write_text(f"{seconds:g}\n")
         else:
             delay.unlink(missing_ok=True)
+
+    def sim_config(self, **knobs: Any) -> dict[str, Any]:
+        """Merge ``knobs`` into the simulator's ``sim.json`` (``None`` = back to the default).
+
+        Knobs (tests/sim/__init__.py): start_delay_s, fail_mode (none | crash | wedge | hang),
+        fail_models, fail_starts, wedge_after_s, mem_total_bytes, model_bytes, reply,
+        token_delay_s, stop_delay_s, bind_host, download_bytes, download_seconds, hf_config,
+        hf_missing_repos, hf_gated_repos. Read at each container start and each ``hf`` call.
+        Also restarts the ``fail_starts`` count. Returns the file's new content.
+        """
+        path = self.sim_dir / "sim.json"
+        current = json.loads(path.read_text()) if path.exists() else {}
+        current.update(knobs)
+        current = {k: v for k, v in current.items() if v is not None}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(current, indent=1) + "\n")
+        tmp.replace(path)
+        (self.sim_dir / "failed_starts").unlink(missing_ok=True)
+        return current
+
+    def commands(self, tool: str | None = None) -> list[dict[str, Any]]:
+        """Every docker / nvidia-smi / hf call the host received, oldest first, as
+        ``{"argv": [tool, *args], "ts": epoch seconds}`` (``tool`` keeps one program's)."""
+        path = self.sim_dir / "commands.log"
+        if not path.exists():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [r for r in rows if tool is None or r["argv"][:1] == [tool]]
+
+    def container_log(self, name: str) -> str:
+        """The log of the simulated container ``name`` (or ID) as ``docker logs`` prints it."""
+        rows_path = self.sim_dir / "containers.jsonl"
+        lines = rows_path.read_text().splitlines() if rows_path.exists() else []
+        for row in map(json.loads, filter(str.strip, lines)):
+            if name in (row.get("Names"), row.get("ID")):
+                log = self.sim_dir / "containers" / row["ID"] / "log"
+                return log.read_text(errors="replace") if log.exists() else ""
+        raise KeyError(f"no container {name!r} on this simulated host")
+
+    @property
+    def hf_cache(self) -> Path:
+        """Where the simulated ``hf download`` puts models (the ``hub`` dir of an HF_HOME)."""
+        return self.sim_dir / "hf-cache" / "hub"
+
+    def sim_processes(self) -> list[int]:
+        """PIDs of processes started for this host (they carry its SPARK_SIM_DIR), e.g. the
+        detached supervisors and stub servers of its simulated containers."""
+        return [p for p in _pids_with_env(f"SPARK_SIM_DIR={self.sim_dir}") if p != os.getpid()]
+
+    def kill_sim_processes(self, sig: signal.Signals = signal.SIGKILL) -> list[int]:
+        """Signal every process of :meth:`sim_processes`; return their PIDs."""
+        pids = self.sim_processes()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        return pids
 
     def _write_known_hosts(self, key: asyncssh.SSHKey, path: Path) -> Path:
         pub = key.export_public_key("openssh").decode().strip()
@@ -440,6 +500,7 @@ class AsyncsshHost(_SshHostBase):
         if self._loop is None:
             return
         self._run(self._shutdown())
+        self.kill_sim_processes()  # detached simulated containers go down with the host
 
     kill = stop
 

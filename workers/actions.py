@@ -51,10 +51,3 @@ class Probe:
 
     async def reconcile(self, ctx: JobContext) -> Any | None:
         return None
-
-
-def registry() -> dict[str, Action]:
-    """Every action by name; the names are ``contracts.ACTIONS``."""
-    actions: dict[str, Action] = {"probe": Probe()}
-    assert set(actions) == set(c.ACTIONS)
-    return actions

@@ -23,9 +23,10 @@ from app import contracts as c
 from app.bus import MSG_ID, Bus
 from app.config import HostConfig, Settings
 from app.errors import Cancelled, SparkError
-from workers.actions import Action, JobContext, registry
+from workers.actions import Action, JobContext
 from workers.hosts import HostRunners, host_outcome, mark_down
 from workers.ledger import Lease, Ledger
+from workers.registry import registry
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class Executor:
         self.bus = bus
         self.settings = settings
         self.worker = worker
-        self.actions: dict[str, Action] = registry()
+        self.actions: dict[str, Action] = registry(bus)
         self.ledger = Ledger(bus, worker, settings.ack_wait_s)
         self.runners = HostRunners(settings, on_down=self._host_down)
         self._tasks: list[asyncio.Task[None]] = []

@@ -12,7 +12,8 @@ import contextlib
 import inspect
 import os
 import shutil
-from collections.abc import Callable
+import signal
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import asyncssh
@@ -56,6 +57,11 @@ class Transport(Protocol):
 
     async def exec(self, command: str, timeout: float) -> tuple[int, str, str]:  # noqa: ASYNC109
         """Run ``command`` on a fresh channel: (exit status, stdout, stderr)."""
+        ...
+
+    def stream_lines(self, command: str) -> AsyncIterator[str]:
+        """Run ``command`` on its own channel and yield its output (stdout and stderr) line by
+        line until it ends; closing the iterator stops it. For long streams (logs)."""
         ...
 
     async def close(self) -> None: ...
@@ -154,6 +160,25 @@ class LocalTransport:
             msg = f"{self.label}: side command timed out after {timeout:g}s"
             raise CommandTimeout(msg) from exc
         return proc.returncode if proc.returncode is not None else -1, _decode(out), _decode(err)
+
+    async def stream_lines(self, command: str) -> AsyncIterator[str]:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.bash, "-c", f"{command} 2>&1", stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:
+            raise HostUnreachable(f"{self.label}: cannot start bash ({exc.strerror})") from exc
+        assert proc.stdout is not None
+        try:
+            async for raw in proc.stdout:
+                yield _decode(raw).rstrip("\n")
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(proc.wait(), 5)
 
     async def close(self) -> None:
         return None
@@ -364,6 +389,16 @@ class SshTransport:
             raise HostUnreachable(f"{self.label}: channel lost: {_reason(exc)}") from exc
         rc = res.returncode if res.returncode is not None else -1
         return rc, _decode(res.stdout), _decode(res.stderr)
+
+    async def stream_lines(self, command: str) -> AsyncIterator[str]:
+        proc = await self._process(f"{command} 2>&1", stdin=asyncssh.DEVNULL)
+        try:
+            async for raw in proc.stdout:
+                yield _decode(raw).rstrip("\n")
+        except (OSError, asyncssh.Error) as exc:
+            raise HostUnreachable(f"{self.label}: channel lost: {_reason(exc)}") from exc
+        finally:
+            proc.close()
 
     async def close(self) -> None:
         self._closing = True

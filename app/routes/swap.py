@@ -1,6 +1,7 @@
-"""Swap API. For now the pre-flight: ``POST /api/swap/{key}/validate`` runs every check of a
-launch of ``key`` on a host (body ``{"host": "spark1"}``; default the first host) and answers
-200 with each check's verdict, without touching the host."""
+"""Swap API (the earlier dashboard's paths): ``POST /api/swap`` starts a swap job (lock token
+checked: 423 without it while the lock is held), ``GET /api/swap/{id}`` its record,
+``GET /api/swap/{id}/stream`` its events (SSE, as ``/api/jobs/{id}/events``), and
+``POST /api/swap/{key}/validate`` the pre-flight alone, without touching the host."""
 
 from __future__ import annotations
 
@@ -9,18 +10,77 @@ import os
 from typing import Any
 
 import msgspec
-from litestar import Request, post
+from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
+from litestar.response import ServerSentEvent
 
-from app import catalog, preflight
+from app import catalog, jobs, preflight, swaplock
 from app.errors import BadRequest, UnknownHost
 from app.routes.deps import bus_of, settings_of
 from app.routes.models import BODY_LIMIT, UnknownModel
+from app.sse import as_json, job_stream, last_event_id
 
 
 class ValidateBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str | None = None
+
+
+class SwapBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    model: str
+    host: str | None = None
+    token: str | None = None
+
+
+def _decode(raw: bytes, kind: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(raw, type=kind) if raw.strip() else kind()
+    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+        raise BadRequest(f"body: {exc}", code="BAD_JSON") from exc
+
+
+async def _recipe(state: State, key: str) -> catalog.Recipe:
+    found = await asyncio.to_thread(
+        catalog.current, *catalog.catalog_paths(settings_of(state), os.environ)
+    )
+    recipe = found.models.get(key)
+    if recipe is None:
+        raise UnknownModel("no such model in the catalog")
+    return recipe
+
+
+@post("/api/swap", status_code=202, request_max_body_size=BODY_LIMIT)
+async def start_swap(state: State, request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """Body ``{"model": key, "host"?: alias, "token"?: lock token}`` → 202 with the job."""
+    settings, bus = settings_of(state), bus_of(state)
+    body: SwapBody = _decode(await request.body(), SwapBody)
+    await swaplock.require(bus, request.headers.get(swaplock.TOKEN_HEADER) or body.token)
+    host = body.host or settings.aliases[0]
+    recipe = await _recipe(state, body.model)
+    args = {"model": body.model, "recipe": msgspec.to_builtins(recipe)}
+    job, _ = await jobs.submit(
+        bus, settings, host, "swap", args, key=request.headers.get("idempotency-key"),
+        timeout_s=recipe.start_timeout_s * 2 + 600, requested_by="http",
+    )  # fmt: skip
+    return {
+        "job_id": job.id, "model": body.model, "host": host,
+        "events": f"/api/jobs/{job.id}/events", "stream": f"/api/swap/{job.id}/stream",
+    }  # fmt: skip
+
+
+@get("/api/swap/{job_id:str}")
+async def get_swap(state: State, job_id: FromPath[str]) -> dict[str, Any]:
+    return msgspec.to_builtins(await jobs.get(bus_of(state), job_id))
+
+
+@get("/api/swap/{job_id:str}/stream")
+async def swap_stream(
+    state: State, request: Request[Any, Any, Any], job_id: FromPath[str]
+) -> ServerSentEvent:
+    bus = bus_of(state)
+    await jobs.get(bus, job_id)
+    after = last_event_id(request.headers.get("last-event-id"))
+    return ServerSentEvent(job_stream(bus, job_id, after, as_json))
 
 
 @post("/api/swap/{key:str}/validate", status_code=200, request_max_body_size=BODY_LIMIT)
@@ -42,4 +102,4 @@ async def validate(state: State, request: Request[Any, Any, Any], key: FromPath[
     return msgspec.to_builtins(preflight.run(key, recipe, host, state_now))
 
 
-ROUTES = [validate]
+ROUTES = [start_swap, get_swap, swap_stream, validate]

@@ -1,0 +1,129 @@
+"""Swaps end to end: HTTP → NATS → executor → real sshd → simulated docker + stub vLLM, with
+the container log streamed, the model state recorded, failure restoring the previous model,
+the lock enforced, and every docker call received exactly as built."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from app import catalog
+from app.launch import docker_argv
+from tests import stack
+from tests.servers import free_port
+
+
+@pytest.fixture
+def setup(
+    tmp_path: Path, nats_server: Any, ssh_host: Any, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, dict[str, int]]:
+    for name in (*catalog.BUNDLED_ENV, *catalog.OVERRIDES_ENV):
+        monkeypatch.delenv(name, raising=False)
+    ports = {"a": free_port(), "b": free_port(), "c": free_port()}
+    models = {
+        key: {
+            "repo": f"org/model-{key}", "port": port, "weight_bytes": 2**30,
+            "start_timeout_s": 60, "max_model_len": 4096, "gpu_memory_utilization": 0.3,
+        }
+        for key, port in ports.items()
+    }  # fmt: skip
+    models["c"]["env"] = {"VLLM_LOGGING_PREFIX": f"$(touch /tmp/pwned-{unique}); 'q'"}
+    overrides = tmp_path / "models.overrides.yaml"
+    overrides.write_text(yaml.safe_dump({"models": models}))
+    monkeypatch.setenv("MODELS_OVERRIDES", str(overrides))
+    ssh_host.sim_config(start_delay_s=0.5, bind_host="127.0.0.1")
+    host = stack.ssh_host_config(f"gpu-{unique}", ssh_host)
+    settings = stack.make_settings(
+        tmp_path / "data", nats_server.url, [host], known_hosts=str(ssh_host.known_hosts_path)
+    )
+    return settings, ports
+
+
+async def _swap(client: httpx.AsyncClient, model: str, alias: str, **kw: Any) -> list[dict]:
+    r = await client.post("/api/swap", json={"model": model, "host": alias}, **kw)
+    assert r.status_code == 202, r.text
+    assert r.json()["stream"] == f"/api/swap/{r.json()['job_id']}/stream"
+    return await stack.sse_events(client, r.json()["stream"])
+
+
+async def _chat(port: int, model: str) -> str:
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+        )
+    r.raise_for_status()
+    return str(r.json()["choices"][0]["message"]["content"])
+
+
+async def test_swap_a_to_b_then_failure_restores_b(setup: Any, ssh_host: Any, unique: str) -> None:
+    settings, ports = setup
+    alias = settings.hosts[0].alias
+    async with stack.executor(settings) as bus, stack.web(settings) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=90) as client:
+            events = await _swap(client, "a", alias)
+            kinds = [e["event"] for e in events]
+            assert kinds[0] == "accepted" and kinds[-1] == "done", events[-1]
+            logs = [e["data"]["line"] for e in events if e["event"] == "log"]
+            assert any("Application startup complete." in line for line in logs)
+            assert await _chat(ports["a"], "a")
+            state = await bus.get_model_state(alias)
+            assert state is not None and (state.model, state.port) == ("a", ports["a"])
+
+            events = await _swap(client, "b", alias)
+            assert events[-1]["event"] == "done", events[-1]
+            assert events[-1]["data"]["data"]["previous"] == "a"
+            assert await _chat(ports["b"], "b")
+            with pytest.raises(httpx.HTTPError):
+                await _chat(ports["a"], "a")  # A was stopped
+
+            ssh_host.sim_config(fail_mode="crash", fail_models=["org/model-c"])
+            events = await _swap(client, "c", alias)
+            final = events[-1]
+            assert final["event"] == "failed" and final["data"]["code"] == "SWAP_FAILED"
+            assert "exited while starting" in final["data"]["message"]
+            assert "previous model b restored" in final["data"]["message"]
+            assert await _chat(ports["b"], "b")
+            state = await bus.get_model_state(alias)
+            assert state is not None and state.model == "b"
+
+            job = (await client.get(f"/api/swap/{final['data']['job_id']}")).json()
+            assert job["state"] == "failed" and job["action"] == "swap"
+
+    # every docker run reached the host exactly as built: no value was re-parsed by a shell
+    runs = [cmd["argv"] for cmd in ssh_host.commands("docker") if cmd["argv"][1:2] == ["run"]]
+    overrides = yaml.safe_load(Path(os.environ["MODELS_OVERRIDES"]).read_text())["models"]
+    for key in ("a", "b", "c"):
+        recipe = catalog.validate_recipe(key, overrides[key])
+        built = docker_argv(key, recipe)
+        home_word = next(w for w in built if w.startswith("$HOME/"))
+        expected = [w if w != home_word else w.replace("$HOME", str(Path.home())) for w in built]
+        assert expected in runs, (key, runs)
+    assert not list(Path("/tmp").glob(f"pwned-{unique}"))  # the $(…) in an env value never ran
+
+
+async def test_lock_held_means_423_without_the_token(setup: Any) -> None:
+    settings, _ports = setup
+    alias = settings.hosts[0].alias
+    async with stack.executor(settings), stack.web(settings) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=90) as client:
+            lock = (await client.post("/api/swap/lock", json={"holder": "batch"})).json()
+            r = await client.post("/api/swap", json={"model": "a", "host": alias})
+            assert (r.status_code, r.json()["code"]) == (423, "LOCKED")
+            assert (await client.get("/api/jobs")).json() == []  # nothing queued
+            events = await _swap(client, "a", alias, headers={"X-Lock-Token": lock["token"]})
+            assert events[-1]["event"] == "done"
+            r = await client.post("/api/swap", json={"model": "nope", "host": alias})
+            assert r.status_code == 423  # the lock is checked first
+            await client.request(
+                "DELETE", "/api/swap/lock", headers={"X-Lock-Token": lock["token"]}
+            )
+            r = await client.post("/api/swap", json={"model": "nope", "host": alias})
+            assert (r.status_code, r.json()["code"]) == (404, "UNKNOWN_MODEL")
+            r = await client.post("/api/swap", json={"host": alias})
+            assert (r.status_code, r.json()["code"]) == (400, "BAD_JSON")

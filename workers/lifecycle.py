@@ -1,0 +1,240 @@
+"""Model lifecycle on a host: ``swap`` (pre-flight → stop → launch → log until ready → one
+token) and ``stop``. The recipe travels in the command (validated again here: the bus is a
+boundary too), so an executor needs no access to the front's catalog files.
+
+Readiness: vLLM answers ``/health`` and lists the served name in ``/v1/models``; then a
+1-token completion proves it serves. A start is slow, not hung, while its log moves; a wedge
+pattern in the log or the container exiting fails it at once with the last log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from typing import Any
+
+import httpx
+import msgspec
+
+from app import catalog, preflight, shellsafe
+from app import contracts as c
+from app.bus import Bus
+from app.errors import SparkError
+from app.launch import build_argv, render
+from workers.actions import JobContext
+from workers.probe import probe
+
+WEDGE_PATTERNS = (
+    "cudaErrorUnknown", "CUBLAS_STATUS_", "CUFFT_INTERNAL_ERROR", "Engine core init failed",
+)  # fmt: skip
+QUIET_LIMIT_S = 300.0
+"""A start whose log is silent this long (and not ready) is hung."""
+POLL_S = 0.5
+TAIL = 20
+
+
+class SwapFailed(SparkError):
+    code = "SWAP_FAILED"
+    status = 502
+
+
+def _recipe(args: dict[str, Any], field: str = "model") -> tuple[str, catalog.Recipe]:
+    key = args.get(field)
+    recipe = catalog.validate_recipe(key, args.get("recipe"), source="command")
+    return str(key), recipe
+
+
+def _base_url(ctx: JobContext, recipe: catalog.Recipe) -> str:
+    address = "127.0.0.1" if ctx.host.transport == "local" else ctx.host.address
+    return f"http://{address}:{recipe.port}"
+
+
+class Swap:
+    """Put ``args.model`` (with ``args.recipe``) on the host, replacing what runs there."""
+
+    def __init__(self, bus: Bus):
+        self.bus = bus
+
+    async def reconcile(self, ctx: JobContext) -> Any | None:
+        """Taken over mid-swap: if the model already serves, the swap happened."""
+        key, recipe = _recipe(ctx.job.args)
+        with contextlib.suppress(SparkError, httpx.HTTPError):
+            if await _serves(_base_url(ctx, recipe), recipe.served_name or key):
+                await self._record(ctx, key, recipe)
+                return {"model": key, "host": ctx.host.alias, "port": recipe.port}
+        return None
+
+    async def run(self, ctx: JobContext) -> Any:
+        key, recipe = _recipe(ctx.job.args)
+        previous = await self.bus.get_model_state(ctx.host.alias)
+        state = c.HostState(
+            host=ctx.host.alias, up=True, checked_at=c.now(),
+            probe=await probe(ctx.runner, ctx.host.alias, timeout=60),
+        )  # fmt: skip
+        check = preflight.run(key, recipe, ctx.host.alias, state, on_disk=False)
+        await ctx.progress("pre-flight", data=msgspec.to_builtins(check.checks))
+        failed = [ch for ch in check.checks if not ch.ok and ch.name != "disk"]
+        if failed:
+            first = failed[0]
+            raise SparkError(
+                f"pre-flight failed: {first.name}: {first.detail}", code="PREFLIGHT_FAILED"
+            )
+        t0 = time.monotonic()
+        try:
+            await _stop(ctx, {recipe.container, *([previous.container] if previous else [])})
+            await _launch(ctx, key, recipe)
+        except SparkError as exc:
+            await self._restore(ctx, previous, recipe, exc)
+            raise
+        await self._record(ctx, key, recipe)
+        return {
+            "model": key, "host": ctx.host.alias, "port": recipe.port,
+            "ready_s": round(time.monotonic() - t0, 3),
+            "previous": previous.model if previous else None,
+        }  # fmt: skip
+
+    async def _restore(
+        self, ctx: JobContext, previous: c.ModelState | None, failed: catalog.Recipe,
+        exc: SparkError,
+    ) -> None:  # fmt: skip
+        if previous is None or previous.model is None or not failed.restore_previous_on_failure:
+            return
+        await ctx.progress(f"swap failed; bringing back {previous.model}")
+        try:
+            recipe = catalog.validate_recipe(previous.model, previous.recipe, source="state")
+            await _stop(ctx, {failed.container, recipe.container})
+            await _launch(ctx, previous.model, recipe)
+            await self._record(ctx, previous.model, recipe)
+            exc.message += f" (previous model {previous.model} restored)"
+        except SparkError as again:
+            exc.message += f" (restoring {previous.model} failed too: {again.message})"
+
+    async def _record(self, ctx: JobContext, key: str, recipe: catalog.Recipe) -> None:
+        state = c.ModelState(
+            host=ctx.host.alias, model=key, recipe=msgspec.to_builtins(recipe),
+            container=recipe.container, port=recipe.port, since=c.now(), job_id=ctx.job.id,
+        )  # fmt: skip
+        await self.bus.put_model_state(state)
+        event = c.Event(kind="model", ts=state.since, host=ctx.host.alias, job_id=ctx.job.id,
+                        data={"model": key, "port": recipe.port})  # fmt: skip
+        await self.bus.publish_event(c.evt_host(ctx.host.alias, "model"), event)
+
+
+class Stop:
+    """Stop the host's model (its container) and record that nothing runs."""
+
+    def __init__(self, bus: Bus):
+        self.bus = bus
+
+    async def reconcile(self, ctx: JobContext) -> Any | None:
+        return None  # stopping twice is harmless
+
+    async def run(self, ctx: JobContext) -> Any:
+        current = await self.bus.get_model_state(ctx.host.alias)
+        container = str(ctx.job.args.get("container") or (current and current.container) or "")
+        if not container:
+            return {"stopped": None}
+        shellsafe.check_container(container)
+        await _stop(ctx, {container})
+        await self.bus.put_model_state(
+            c.ModelState(host=ctx.host.alias, model=None, since=c.now(), job_id=ctx.job.id)
+        )
+        event = c.Event(kind="model", ts=c.now(), host=ctx.host.alias, job_id=ctx.job.id,
+                        data={"model": None})  # fmt: skip
+        await self.bus.publish_event(c.evt_host(ctx.host.alias, "model"), event)
+        return {"stopped": container}
+
+
+async def _stop(ctx: JobContext, containers: set[str | None]) -> None:
+    names = sorted(shellsafe.check_container(n) for n in containers if n)
+    if not names:
+        return
+    await ctx.progress(f"stopping {', '.join(names)}")
+    res = await ctx.runner.run(
+        f"docker rm -f {shellsafe.quote_argv(names)} >/dev/null 2>&1; true", timeout=120
+    )
+    if res.exit_status != 0:
+        raise SwapFailed("could not stop the running model")
+
+
+async def _launch(ctx: JobContext, key: str, recipe: catalog.Recipe) -> None:
+    """Start the recipe and wait until it serves; fail with the log's last lines."""
+    await ctx.progress(f"launching {key}")
+    res = await ctx.runner.run(render(build_argv(key, recipe)), timeout=300)
+    if res.exit_status != 0:
+        tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+        raise SwapFailed(f"launch of {key} refused: {' | '.join(tail)[:500]}")
+    await _wait_ready(ctx, key, recipe)
+
+
+async def _wait_ready(ctx: JobContext, key: str, recipe: catalog.Recipe) -> None:
+    base, served = _base_url(ctx, recipe), recipe.served_name or key
+    last: deque[str] = deque(maxlen=TAIL)
+    moved = {"at": time.monotonic()}
+    ended = asyncio.Event()
+    wedged: list[str] = []
+
+    async def follow() -> None:
+        cmd = f"docker logs -f {shellsafe.quote(recipe.container)}"
+        try:
+            async for line in ctx.runner.transport.stream_lines(cmd):
+                last.append(line)
+                moved["at"] = time.monotonic()
+                await ctx.log(line)
+                if any(p in line for p in WEDGE_PATTERNS):
+                    wedged.append(line)
+        finally:
+            ended.set()
+
+    logs = asyncio.create_task(follow())
+    deadline = time.monotonic() + recipe.start_timeout_s
+    try:
+        while True:
+            await asyncio.sleep(POLL_S)
+            if wedged:
+                raise SwapFailed(f"{key} wedged: {wedged[0][:300]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if await _serves(base, served):
+                    break
+            now = time.monotonic()
+            if ended.is_set() and not await _running(ctx, recipe.container):
+                raise SwapFailed(f"{key} exited while starting: {_tail(last)}")
+            if now > deadline:
+                raise SwapFailed(f"{key} not ready after {recipe.start_timeout_s} s: {_tail(last)}")
+            if now - moved["at"] > min(QUIET_LIMIT_S, recipe.start_timeout_s):
+                raise SwapFailed(f"{key} hung: no log output for {now - moved['at']:.0f} s")
+        await _one_token(base, served)
+    finally:
+        logs.cancel()
+        with contextlib.suppress(asyncio.CancelledError, SparkError):
+            await logs
+
+
+async def _serves(base: str, served: str) -> bool:
+    async with httpx.AsyncClient(timeout=3.0) as client:
+        if (await client.get(f"{base}/health")).status_code != 200:
+            return False
+        models = (await client.get(f"{base}/v1/models")).json().get("data", [])
+        return any(m.get("id") == served for m in models)
+
+
+async def _one_token(base: str, served: str) -> None:
+    async with httpx.AsyncClient(timeout=60.0) as client:
+        r = await client.post(
+            f"{base}/v1/completions", json={"model": served, "prompt": "ping", "max_tokens": 1}
+        )
+    if r.status_code != 200:
+        raise SwapFailed(f"{served} is up but a 1-token completion answered {r.status_code}")
+
+
+async def _running(ctx: JobContext, container: str) -> bool:
+    res = await ctx.runner.run(
+        f"docker inspect -f '{{{{.State.Running}}}}' {shellsafe.quote(container)}", timeout=30
+    )
+    return res.stdout.strip() == "true"
+
+
+def _tail(lines: deque[str]) -> str:
+    return " | ".join(list(lines)[-3:])[:500] or "(no log output)"
