@@ -57,6 +57,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     discovery_window_s: float = 0.25
     worker_name: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    webhook_urls: list[str] = msgspec.field(default_factory=list)
+    """Where swap outcomes are POSTed (``swap_complete`` / ``swap_failed``), signed."""
+    webhook_secret: str | None = None
+    """HMAC key of ``X-Spark-Signature``; a secret: never logged or shown."""
     stream_replicas: int = 1
     """JetStream replicas of the streams and buckets (3 on a NATS cluster)."""
 
@@ -77,6 +81,9 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "ssh_known_hosts": ("SSH_KNOWN_HOSTS",),
 }
 """Earlier or conventional names, read after ``SPARK_CONTROL_<KEY>``."""
+
+LIST_FIELDS = frozenset({"webhook_urls"})
+"""Settings given in the environment as comma-separated lists."""
 
 _LEGACY_HOST = re.compile(r"^SPARK(\d+)_(HOST|USER|PORT)$")
 
@@ -110,9 +117,15 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
             continue
         for name in env_names(field):
             value = env.get(name, "").strip()
-            if value:
-                out[field] = value.lower() if field == "log_level" else value
-                break
+            if not value:
+                continue
+            if field == "log_level":
+                out[field] = value.lower()
+            elif field in LIST_FIELDS:
+                out[field] = [v.strip() for v in value.split(",") if v.strip()]
+            else:
+                out[field] = value
+            break
     return out
 
 
@@ -160,6 +173,11 @@ def _validate(s: Settings, source: str) -> Settings:
                 raise ConfigError(f"{source}: hosts.{h.alias}.user: required (no default user)")
             if not 1 <= h.port <= 65535:
                 raise ConfigError(f"{source}: hosts.{h.alias}.port: must be 1..65535")
+    for i, url in enumerate(s.webhook_urls):
+        if not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url):
+            raise ConfigError(f"{source}: webhook_urls[{i}]: must be an http(s) URL")
+    if s.webhook_urls and not s.webhook_secret:
+        raise ConfigError(f"{source}: webhook_secret: required when webhook_urls are set")
     if not 1 <= s.stream_replicas <= 5:
         raise ConfigError(f"{source}: stream_replicas: must be 1..5")
     for name in (

@@ -38,7 +38,7 @@ class Executor:
         self.bus = bus
         self.settings = settings
         self.worker = worker
-        self.actions: dict[str, Action] = registry(bus)
+        self.actions: dict[str, Action] = registry(bus, settings)
         self.ledger = Ledger(bus, worker, settings.ack_wait_s)
         self.runners = HostRunners(settings, on_down=self._host_down)
         self._tasks: list[asyncio.Task[None]] = []
@@ -60,6 +60,9 @@ class Executor:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.runners.close()
+        for action in self.actions.values():
+            if hasattr(action, "close"):
+                await action.close()
 
     async def _bind(self, alias: str) -> Any:
         durable = c.host_consumer(alias)

@@ -24,6 +24,7 @@ from app.bus import Bus
 from app.errors import SparkError
 from app.launch import build_argv, render
 from workers.actions import JobContext
+from workers.notify import Notifier
 from workers.probe import probe
 
 WEDGE_PATTERNS = (
@@ -52,10 +53,15 @@ def _base_url(ctx: JobContext, recipe: catalog.Recipe) -> str:
 
 
 class Swap:
-    """Put ``args.model`` (with ``args.recipe``) on the host, replacing what runs there."""
+    """Put ``args.model`` (with ``args.recipe``) on the host, replacing what runs there; the
+    outcome goes to the webhooks once the swap has ended."""
 
-    def __init__(self, bus: Bus):
+    def __init__(self, bus: Bus, notifier: Notifier):
         self.bus = bus
+        self.notifier = notifier
+
+    async def close(self) -> None:
+        await self.notifier.close()
 
     async def reconcile(self, ctx: JobContext) -> Any | None:
         """Taken over mid-swap: if the model already serves, the swap happened."""
@@ -67,6 +73,17 @@ class Swap:
         return None
 
     async def run(self, ctx: JobContext) -> Any:
+        base = {"job_id": ctx.job.id, "host": ctx.host.alias, "model": ctx.job.args.get("model")}
+        try:
+            result = await self._swap(ctx)
+        except SparkError as exc:
+            self.notifier.send({"event": "swap_failed", **base, "error": exc.message,
+                                "code": exc.code, "ts": c.now()})  # fmt: skip
+            raise
+        self.notifier.send({"event": "swap_complete", **base, **result, "ts": c.now()})
+        return result
+
+    async def _swap(self, ctx: JobContext) -> dict[str, Any]:
         key, recipe = _recipe(ctx.job.args)
         previous = await self.bus.get_model_state(ctx.host.alias)
         state = c.HostState(

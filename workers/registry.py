@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from app import contracts as c
 from app.bus import Bus
+from app.config import Settings
 from workers.actions import Action, Probe
 from workers.lifecycle import Stop, Swap
+from workers.notify import Notifier
 
 
-def registry(bus: Bus) -> dict[str, Action]:
-    actions: dict[str, Action] = {"probe": Probe(), "swap": Swap(bus), "stop": Stop(bus)}
+def registry(bus: Bus, settings: Settings) -> dict[str, Action]:
+    actions: dict[str, Action] = {
+        "probe": Probe(), "swap": Swap(bus, Notifier(settings)), "stop": Stop(bus),
+    }  # fmt: skip
     assert set(actions) == set(c.ACTIONS), "contracts.ACTIONS and the registry disagree"
     return actions

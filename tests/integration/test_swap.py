@@ -4,6 +4,8 @@ the lock enforced, and every docker call received exactly as built."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from app import catalog
+from app import catalog, webhooks
 from app.launch import docker_argv
 from tests import stack
 from tests.servers import free_port
@@ -39,9 +41,36 @@ def setup(
     ssh_host.sim_config(start_delay_s=0.5, bind_host="127.0.0.1")
     host = stack.ssh_host_config(f"gpu-{unique}", ssh_host)
     settings = stack.make_settings(
-        tmp_path / "data", nats_server.url, [host], known_hosts=str(ssh_host.known_hosts_path)
-    )
+        tmp_path / "data", nats_server.url, [host], known_hosts=str(ssh_host.known_hosts_path),
+        webhook_secret=HOOK_SECRET,
+    )  # fmt: skip
     return settings, ports
+
+
+HOOK_SECRET = "hook-secret-4f1c"
+
+
+class Receiver:
+    """A webhook receiver on a kernel-chosen port: every POST body and its signature."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[dict[str, Any], bool]] = []
+        self.arrived = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        headers = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
+        lower = {k.lower(): v for k, v in headers.items()}
+        body = await reader.readexactly(int(lower["content-length"]))
+        ok = webhooks.verify(body, HOOK_SECRET, lower.get("x-spark-signature"))
+        self.got.append((json.loads(body), ok))
+        self.arrived.set()
+        writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def wait(self, n: int) -> None:
+        await stack.wait_for(lambda: len(self.got) >= n, timeout=20)
 
 
 async def _swap(client: httpx.AsyncClient, model: str, alias: str, **kw: Any) -> list[dict]:
@@ -64,7 +93,10 @@ async def _chat(port: int, model: str) -> str:
 async def test_swap_a_to_b_then_failure_restores_b(setup: Any, ssh_host: Any, unique: str) -> None:
     settings, ports = setup
     alias = settings.hosts[0].alias
-    async with stack.executor(settings) as bus, stack.web(settings) as base:
+    receiver = Receiver()
+    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
+    settings.webhook_urls = [f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"]
+    async with server, stack.executor(settings) as bus, stack.web(settings) as base:
         async with httpx.AsyncClient(base_url=base, timeout=90) as client:
             events = await _swap(client, "a", alias)
             kinds = [e["event"] for e in events]
@@ -94,6 +126,14 @@ async def test_swap_a_to_b_then_failure_restores_b(setup: Any, ssh_host: Any, un
 
             job = (await client.get(f"/api/swap/{final['data']['job_id']}")).json()
             assert job["state"] == "failed" and job["action"] == "swap"
+
+            await receiver.wait(3)  # signed, one per swap, in order
+            assert [(e["event"], e["model"], ok) for e, ok in receiver.got] == [
+                ("swap_complete", "a", True), ("swap_complete", "b", True),
+                ("swap_failed", "c", True),
+            ]  # fmt: skip
+            assert receiver.got[2][0]["code"] == "SWAP_FAILED"
+            assert HOOK_SECRET not in json.dumps([e for e, _ in receiver.got])
 
     # every docker run reached the host exactly as built: no value was re-parsed by a shell
     runs = [cmd["argv"] for cmd in ssh_host.commands("docker") if cmd["argv"][1:2] == ["run"]]
