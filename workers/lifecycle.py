@@ -32,7 +32,7 @@ WEDGE_PATTERNS = (
 )  # fmt: skip
 QUIET_LIMIT_S = 300.0
 """A start whose log is silent this long (and not ready) is hung."""
-POLL_S = 0.5
+POLL_S = 0.2
 TAIL = 20
 
 
@@ -190,18 +190,21 @@ async def _wait_ready(ctx: JobContext, key: str, recipe: catalog.Recipe) -> None
     base, served = _base_url(ctx, recipe), recipe.served_name or key
     last: deque[str] = deque(maxlen=TAIL)
     moved = {"at": time.monotonic()}
-    ended = asyncio.Event()
+    ended, done = asyncio.Event(), asyncio.Event()
     wedged: list[str] = []
 
     async def follow() -> None:
         cmd = f"docker logs -f {shellsafe.quote(recipe.container)}"
         try:
-            async for line in ctx.runner.transport.stream_lines(cmd):
-                last.append(line)
-                moved["at"] = time.monotonic()
-                await ctx.log(line)
-                if any(p in line for p in WEDGE_PATTERNS):
-                    wedged.append(line)
+            async with contextlib.aclosing(ctx.runner.transport.stream_lines(cmd)) as lines:
+                async for line in lines:
+                    last.append(line)
+                    moved["at"] = time.monotonic()
+                    await ctx.log(line)
+                    if any(p in line for p in WEDGE_PATTERNS):
+                        wedged.append(line)
+                    if done.is_set():
+                        break
         finally:
             ended.set()
 
@@ -224,9 +227,11 @@ async def _wait_ready(ctx: JobContext, key: str, recipe: catalog.Recipe) -> None
                 raise SwapFailed(f"{key} hung: no log output for {now - moved['at']:.0f} s")
         await _one_token(base, served)
     finally:
+        # nats-py swallows a cancel that lands inside a publish, so the follower also stops
+        # at its next line by itself; it is not awaited for longer than a moment
+        done.set()
         logs.cancel()
-        with contextlib.suppress(asyncio.CancelledError, SparkError):
-            await logs
+        await asyncio.wait({logs}, timeout=2)
 
 
 async def _serves(base: str, served: str) -> bool:
