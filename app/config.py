@@ -63,6 +63,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """HMAC key of ``X-Spark-Signature``; a secret: never logged or shown."""
     stream_replicas: int = 1
     """JetStream replicas of the streams and buckets (3 on a NATS cluster)."""
+    hf_token: str | None = None
+    """Hugging Face token for ``download`` (gated repos); a secret: it reaches a host only on
+    the download's stdin, never in a command line, log, event or job record."""
 
     def host(self, alias: str) -> HostConfig | None:
         return next((h for h in self.hosts if h.alias == alias), None)
@@ -79,6 +82,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "nats_url": ("NATS_URL",),
     "ssh_key_path": ("SSH_KEY_PATH",),
     "ssh_known_hosts": ("SSH_KNOWN_HOSTS",),
+    "hf_token": ("HF_TOKEN",),
 }
 """Earlier or conventional names, read after ``SPARK_CONTROL_<KEY>``."""
 

@@ -38,8 +38,8 @@ SRV_PING = "$SRV.PING"
 SRV_INFO = "$SRV.INFO"
 SRV_STATS = "$SRV.STATS"
 
-ACTIONS = ("probe", "swap", "stop")
-"""Host actions the executor knows."""
+ACTIONS = ("probe", "swap", "stop", "download", "delete", "disk")
+"""Host actions the executor knows (download/delete/disk: workers/weights.py)."""
 
 JOB_KINDS = ("accepted", "started", "progress", "log", "done", "failed", "cancelled")
 FINAL_KINDS = frozenset({"done", "failed", "cancelled"})

@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import inspect
 import os
+import re
 import shutil
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
 import asyncssh
@@ -59,9 +60,17 @@ class Transport(Protocol):
         """Run ``command`` on a fresh channel: (exit status, stdout, stderr)."""
         ...
 
-    def stream_lines(self, command: str) -> AsyncIterator[str]:
+    def stream_lines(self, command: str) -> AsyncGenerator[str, None]:
         """Run ``command`` on its own channel and yield its output (stdout and stderr) line by
         line until it ends; closing the iterator stops it. For long streams (logs)."""
+        ...
+
+    def stream_input(self, command: str, stdin: bytes) -> AsyncGenerator[str, None]:
+        """Run ``command`` on its own channel with ``stdin`` as its whole standard input
+        (then EOF): the way to hand a command a secret without putting it on a command line.
+        Yields its output (stdout and stderr merged) as lines ended by ``\\n`` or ``\\r``
+        (progress bars redraw with ``\\r``); empty lines are dropped. Closing the iterator
+        closes the channel, which does not kill an SSH command: kill its process group."""
         ...
 
     async def close(self) -> None: ...
@@ -71,6 +80,28 @@ def _decode(data: bytes | str | None) -> str:
     if data is None:
         return ""
     return data if isinstance(data, str) else data.decode("utf-8", errors="replace")
+
+
+class _Lines:
+    """Splits a byte stream into lines ended by ``\\n``, ``\\r`` or ``\\r\\n`` (empty ones
+    dropped); a line longer than READ_CHUNK without an end is cut there."""
+
+    _END = re.compile(rb"[\r\n]")
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        parts = self._END.split(self._buf + data)
+        self._buf = parts.pop()
+        if len(self._buf) > READ_CHUNK:
+            parts.append(self._buf)
+            self._buf = b""
+        return [_decode(p) for p in parts if p]
+
+    def close(self) -> list[str]:
+        rest, self._buf = self._buf, b""
+        return [_decode(rest)] if rest else []
 
 
 # --- local -----------------------------------------------------------------------------------
@@ -161,7 +192,7 @@ class LocalTransport:
             raise CommandTimeout(msg) from exc
         return proc.returncode if proc.returncode is not None else -1, _decode(out), _decode(err)
 
-    async def stream_lines(self, command: str) -> AsyncIterator[str]:
+    async def stream_lines(self, command: str) -> AsyncGenerator[str, None]:
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.bash, "-c", f"{command} 2>&1", stdin=asyncio.subprocess.DEVNULL,
@@ -173,6 +204,34 @@ class LocalTransport:
         try:
             async for raw in proc.stdout:
                 yield _decode(raw).rstrip("\n")
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(proc.wait(), 5)
+
+    async def stream_input(self, command: str, stdin: bytes) -> AsyncGenerator[str, None]:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.bash, "-c", command, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:
+            raise HostUnreachable(f"{self.label}: cannot start bash ({exc.strerror})") from exc
+        assert proc.stdin is not None and proc.stdout is not None
+        lines = _Lines()
+        try:
+            with contextlib.suppress(OSError):
+                proc.stdin.write(stdin)
+                await proc.stdin.drain()
+            proc.stdin.close()
+            while data := await proc.stdout.read(READ_CHUNK):
+                for line in lines.feed(data):
+                    yield line
+            for line in lines.close():
+                yield line
         finally:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -390,11 +449,27 @@ class SshTransport:
         rc = res.returncode if res.returncode is not None else -1
         return rc, _decode(res.stdout), _decode(res.stderr)
 
-    async def stream_lines(self, command: str) -> AsyncIterator[str]:
+    async def stream_lines(self, command: str) -> AsyncGenerator[str, None]:
         proc = await self._process(f"{command} 2>&1", stdin=asyncssh.DEVNULL)
         try:
             async for raw in proc.stdout:
                 yield _decode(raw).rstrip("\n")
+        except (OSError, asyncssh.Error) as exc:
+            raise HostUnreachable(f"{self.label}: channel lost: {_reason(exc)}") from exc
+        finally:
+            proc.close()
+
+    async def stream_input(self, command: str, stdin: bytes) -> AsyncGenerator[str, None]:
+        proc = await self._process(command, stderr=asyncssh.STDOUT)
+        lines = _Lines()
+        try:
+            proc.stdin.write(stdin)
+            proc.stdin.write_eof()
+            while data := await proc.stdout.read(READ_CHUNK):
+                for line in lines.feed(data):
+                    yield line
+            for line in lines.close():
+                yield line
         except (OSError, asyncssh.Error) as exc:
             raise HostUnreachable(f"{self.label}: channel lost: {_reason(exc)}") from exc
         finally:
