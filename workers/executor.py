@@ -31,6 +31,8 @@ from workers.registry import registry
 log = logging.getLogger(__name__)
 
 UNROUTED_QUEUE = "spark-exec-unrouted"
+LONG_ACTIONS_S = {"download": 86400.0, "swap": 3600.0}
+"""Default time limits of actions that outlast ``command_timeout_s`` (a command may set its own)."""
 
 
 class Executor:
@@ -145,7 +147,7 @@ class Executor:
 
     async def _run(self, host: HostConfig, msg: Msg, lease: Lease, cmd: c.Command) -> None:
         job = lease.job
-        timeout = cmd.timeout_s or self.settings.command_timeout_s
+        timeout = cmd.timeout_s or LONG_ACTIONS_S.get(job.action, self.settings.command_timeout_s)
         runner = self.runners.get(host)
 
         async def emit(event: c.Event) -> None:

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from litestar import Request, get, post
+from litestar import Request, delete, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from litestar.response import Response
 
-from app import catalog
+from app import catalog, jobs
 from app.errors import BadRequest, NotFound
-from app.routes.deps import settings_of
+from app.routes.deps import bus_of, settings_of
 
 BODY_LIMIT = 64 * 1024
 
@@ -57,4 +57,48 @@ async def add_model(state: State, request: Request[Any, Any, Any]) -> Response[d
     return Response(found.entry(key), status_code=201, headers={"location": f"/api/models/{key}"})
 
 
-ROUTES = [list_models, get_model, add_model]
+@post("/api/models/{key:str}/download", status_code=202, request_max_body_size=BODY_LIMIT)
+async def download_model(
+    state: State, key: FromPath[str], host: FromQuery[str | None] = None
+) -> Any:
+    """Download the model's weights to one host (``?host=``; default the first)."""
+    settings = settings_of(state)
+    recipe = await _recipe(state, key)
+    if not recipe.repo:
+        raise catalog.CatalogError(
+            f"{key}: a local_path model is not downloaded", code="LOCAL_PATH_MODEL"
+        )
+    job, _ = await jobs.submit(
+        bus_of(state), settings, host or settings.aliases[0], "download", {"repo": recipe.repo},
+        timeout_s=86400, requested_by="http",
+    )  # fmt: skip
+    return {"job_id": job.id, "host": job.host, "events": f"/api/jobs/{job.id}/events"}
+
+
+@delete("/api/models/{key:str}/weights", status_code=202)
+async def delete_weights(state: State, key: FromPath[str]) -> Any:
+    """Remove the model's weights from every host: one ``delete`` job per host.
+    Refused for a ``local_path`` model (its files are the operator's, not a cache)."""
+    settings = settings_of(state)
+    recipe = await _recipe(state, key)
+    if not recipe.repo:
+        raise catalog.CatalogError(
+            f"{key}: weights of a local_path model are never deleted", code="LOCAL_PATH_MODEL"
+        )
+    submitted = [
+        (await jobs.submit(bus_of(state), settings, alias, "delete", {"repo": recipe.repo},
+                           requested_by="http"))[0]
+        for alias in settings.aliases
+    ]  # fmt: skip
+    return {"jobs": [{"job_id": j.id, "host": j.host, "events": f"/api/jobs/{j.id}/events"}
+                     for j in submitted]}  # fmt: skip
+
+
+async def _recipe(state: State, key: str) -> catalog.Recipe:
+    found = await asyncio.to_thread(catalog.current, *_paths(state))
+    if key not in found.models:
+        raise UnknownModel("no such model in the catalog")
+    return found.models[key]
+
+
+ROUTES = [list_models, get_model, add_model, download_model, delete_weights]

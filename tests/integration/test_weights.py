@@ -352,3 +352,42 @@ def test_disk_output_and_folder_names() -> None:
     ]
     assert repo_of("models--a--b") == "a/b"
     assert repo_of("models--a--b--c") is None and repo_of("models--a") is None
+
+
+async def test_http_download_then_delete_on_every_host(
+    settings: Any, hf_host: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from app import catalog
+
+    for name in (*catalog.BUNDLED_ENV, *catalog.OVERRIDES_ENV):
+        monkeypatch.delenv(name, raising=False)
+    overrides = tmp_path / "models.overrides.yaml"
+    overrides.write_text(yaml.safe_dump({"models": {
+        "small": {"repo": "org/small-model"}, "mine": {"local_path": "/models/mine"},
+    }}))  # fmt: skip
+    monkeypatch.setenv("MODELS_OVERRIDES", str(overrides))
+    async with stack.executor(settings), stack.web(settings) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            r = await client.post("/api/models/small/download")
+            assert r.status_code == 202, r.text
+            events = await stack.sse_events(client, r.json()["events"])
+            assert events[-1]["event"] == "done", events[-1]
+            assert _model_dir(hf_host, "org/small-model").exists()
+
+            r = await client.request("DELETE", "/api/models/small/weights")
+            assert r.status_code == 202
+            (job,) = r.json()["jobs"]  # one per configured host
+            assert job["host"] == settings.hosts[0].alias
+            events = await stack.sse_events(client, job["events"])
+            assert events[-1]["event"] == "done"
+            assert events[-1]["data"]["data"]["deleted"] is True
+            assert not _model_dir(hf_host, "org/small-model").exists()
+
+            for method, path in (("DELETE", "/api/models/mine/weights"),
+                                 ("POST", "/api/models/mine/download")):  # fmt: skip
+                r = await client.request(method, path)
+                assert (r.status_code, r.json()["code"]) == (400, "LOCAL_PATH_MODEL")
+            r = await client.request("DELETE", "/api/models/nope/weights")
+            assert (r.status_code, r.json()["code"]) == (404, "UNKNOWN_MODEL")
