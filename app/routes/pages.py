@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
+import jinja2
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
 
+from app import catalog, jobs, preflight, swaplock
 from app import contracts as c
-from app import jobs
 from app.bus import Bus
 from app.config import HostConfig
+from app.errors import UnknownHost
+from app.routes import swap
 from app.routes.deps import bus_of, settings_of
 from app.sse import last_event_id
+
+FORM_LIMIT = 16 * 1024
+MODEL_ACTIONS = frozenset({"swap", "stop"})
+"""Jobs that change what a host serves: their final event refreshes its current-model line."""
 
 
 @get("/")
@@ -58,8 +67,10 @@ async def job_fragments(
     job_id: FromPath[str],
     oob: FromQuery[bool] = False,
 ) -> ServerSentEvent:
-    """The job's events as ``_event.html`` fragments, then an ``end`` event. With ``oob`` (the
-    hosts page) the final one also re-renders the job's header and its host's tile in place."""
+    """The job's events as ``_event.html`` fragments, then an ``end`` event. With ``oob`` the
+    final one also re-renders the job's header in place, and what the page that started the
+    job shows of its host: the tile (hosts page: probes) or, for a swap or stop (models page),
+    the host's current-model line. Only elements that page has, so htmx finds every target."""
     bus, settings = bus_of(state), settings_of(state)
     await jobs.get(bus, job_id)
     engine = request.app.template_engine
@@ -67,16 +78,20 @@ async def job_fragments(
     event_t, tile_t, head_t = (
         engine.get_template(n) for n in ("_event.html", "_host_tile.html", "_job_head.html")
     )
+    models_t = engine.get_template("models.html")
     after = last_event_id(request.headers.get("last-event-id"))
 
     async def fragments() -> AsyncIterator[ServerSentEventMessage]:
         async for seq, event in bus.job_events(job_id, after):
             html = event_t.render(ev=event, seq=seq)
-            if oob and event.kind in c.FINAL_KINDS:  # the hosts page: refresh head and tile
+            if oob and event.kind in c.FINAL_KINDS:  # refresh the head, then tile or model line
                 job = await jobs.get(bus, job_id)
                 html += head_t.render(job=job, oob=True)
                 host = settings.host(job.host)
-                if host is not None:
+                if host is not None and job.action in MODEL_ACTIONS:
+                    line = await _model_view(bus, host)
+                    html += _render_block(models_t, "model_line", h=line, oob=True)
+                elif host is not None:
                     h = await _host_view(bus, host)
                     html += tile_t.render(h=h, oob=True)
             yield ServerSentEventMessage(data=html.replace("\n", " "), event="event", id=seq)
@@ -93,4 +108,70 @@ async def _host_view(bus: Bus, host: HostConfig) -> SimpleNamespace:
     )
 
 
-ROUTES = [index, hosts_page, host_action_fragment, jobs_page, job_page, job_fragments]
+# --- models page -------------------------------------------------------------------------------
+
+
+@get("/models")
+async def models_page(state: State) -> Template:
+    """The catalog with Check (pre-flight) and Swap per model, and what each host runs now."""
+    bus, settings = bus_of(state), settings_of(state)
+    paths = catalog.catalog_paths(settings, os.environ)
+    found = await asyncio.to_thread(catalog.current, *paths)
+    lines = await asyncio.gather(*(_model_view(bus, h) for h in settings.hosts))
+    context = {
+        "models": [SimpleNamespace(key=k, source=found.sources[k], r=found.models[k])
+                   for k in sorted(found.models)],
+        "hosts": lines,
+        "lock": await swaplock.status(bus),
+        "paths": {"bundled": found.bundled_path, "overrides": found.overrides_path},
+    }  # fmt: skip
+    return Template("models.html", context=context)
+
+
+@post("/models/{key:str}/validate", status_code=200, request_max_body_size=FORM_LIMIT)
+async def model_validate_fragment(
+    state: State, request: Request[Any, Any, Any], key: FromPath[str]
+) -> Template:
+    """The pre-flight of ``key`` on the form's ``host`` (default: the first), as a fragment."""
+    settings = settings_of(state)
+    form = await _form(request)
+    host = form.get("host") or settings.aliases[0]
+    if settings.host(host) is None:
+        raise UnknownHost(f"unknown host; known: {', '.join(settings.aliases)}")
+    recipe = await swap.find_recipe(state, key)
+    host_state = await bus_of(state).get_host_state(host)
+    return Template("_preflight.html", context={"pf": preflight.run(key, recipe, host, host_state)})
+
+
+@post("/models/{key:str}/swap", status_code=200, request_max_body_size=FORM_LIMIT)
+async def model_swap_fragment(
+    state: State, request: Request[Any, Any, Any], key: FromPath[str]
+) -> Template:
+    """``POST /api/swap`` from a form (``host``, optional ``token``): the live job panel."""
+    form = await _form(request)
+    token = swaplock.check_token(form.get("token"))
+    job = await swap.submit_swap(state, key, form.get("host"), token, requested_by="page")
+    return Template("_job_panel.html", context={"job": job})
+
+
+async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """The text fields of a urlencoded or multipart form, stripped; blank ones left out."""
+    form = await request.form()
+    fields = {k: v.strip() for k, v in form.items() if isinstance(v, str)}
+    return {k: v for k, v in fields.items() if v}
+
+
+async def _model_view(bus: Bus, host: HostConfig) -> SimpleNamespace:
+    return SimpleNamespace(alias=host.alias, model=await bus.get_model_state(host.alias))
+
+
+def _render_block(template: Any, block: str, **context: Any) -> str:
+    """One block of a page on its own (autoescaped like the page), e.g. for an OOB swap."""
+    assert isinstance(template, jinja2.Template)
+    return "".join(template.blocks[block](template.new_context(context)))
+
+
+ROUTES = [
+    index, hosts_page, host_action_fragment, jobs_page, job_page, job_fragments,
+    models_page, model_validate_fragment, model_swap_fragment,
+]  # fmt: skip

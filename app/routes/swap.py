@@ -16,6 +16,7 @@ from litestar.params import FromPath
 from litestar.response import ServerSentEvent
 
 from app import catalog, jobs, preflight, swaplock
+from app import contracts as c
 from app.errors import BadRequest, UnknownHost
 from app.routes.deps import bus_of, settings_of
 from app.routes.models import BODY_LIMIT, UnknownModel
@@ -39,7 +40,8 @@ def _decode(raw: bytes, kind: type[Any]) -> Any:
         raise BadRequest(f"body: {exc}", code="BAD_JSON") from exc
 
 
-async def _recipe(state: State, key: str) -> catalog.Recipe:
+async def find_recipe(state: State, key: str) -> catalog.Recipe:
+    """The catalog's recipe for ``key`` as the files say now; 404 UNKNOWN_MODEL without one."""
     found = await asyncio.to_thread(
         catalog.current, *catalog.catalog_paths(settings_of(state), os.environ)
     )
@@ -49,21 +51,39 @@ async def _recipe(state: State, key: str) -> catalog.Recipe:
     return recipe
 
 
+async def submit_swap(
+    state: State,
+    model: str,
+    host: str | None,
+    token: str | None,
+    *,
+    key: str | None = None,
+    requested_by: str = "http",
+) -> c.JobRecord:
+    """Queue a swap of ``host`` (default: the first one) to ``model``; shared by the API and the
+    models page. In order: the lock (423 without its token), the recipe (404), the host (404)."""
+    settings, bus = settings_of(state), bus_of(state)
+    await swaplock.require(bus, token)
+    host = host or settings.aliases[0]
+    recipe = await find_recipe(state, model)
+    args = {"model": model, "recipe": msgspec.to_builtins(recipe)}
+    job, _ = await jobs.submit(
+        bus, settings, host, "swap", args, key=key,
+        timeout_s=recipe.start_timeout_s * 2 + 600, requested_by=requested_by,
+    )  # fmt: skip
+    return job
+
+
 @post("/api/swap", status_code=202, request_max_body_size=BODY_LIMIT)
 async def start_swap(state: State, request: Request[Any, Any, Any]) -> dict[str, Any]:
     """Body ``{"model": key, "host"?: alias, "token"?: lock token}`` → 202 with the job."""
-    settings, bus = settings_of(state), bus_of(state)
     body: SwapBody = _decode(await request.body(), SwapBody)
-    await swaplock.require(bus, request.headers.get(swaplock.TOKEN_HEADER) or body.token)
-    host = body.host or settings.aliases[0]
-    recipe = await _recipe(state, body.model)
-    args = {"model": body.model, "recipe": msgspec.to_builtins(recipe)}
-    job, _ = await jobs.submit(
-        bus, settings, host, "swap", args, key=request.headers.get("idempotency-key"),
-        timeout_s=recipe.start_timeout_s * 2 + 600, requested_by="http",
+    job = await submit_swap(
+        state, body.model, body.host, request.headers.get(swaplock.TOKEN_HEADER) or body.token,
+        key=request.headers.get("idempotency-key"),
     )  # fmt: skip
     return {
-        "job_id": job.id, "model": body.model, "host": host,
+        "job_id": job.id, "model": body.model, "host": job.host,
         "events": f"/api/jobs/{job.id}/events", "stream": f"/api/swap/{job.id}/stream",
     }  # fmt: skip
 
