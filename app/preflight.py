@@ -2,9 +2,11 @@
 
 1. ``command``: the rendered shell line splits (``shlex.split``) back into exactly the argv.
 2. ``flags``: every ``--flag`` given to ``vllm serve`` is in ``vllm_flags.txt``, once.
-3. ``memory``: the model's weights plus its KV budget fit in the host's available memory times
-   the ceiling (0.85). On a DGX Spark the GPU shares this memory: over-committing it is what
-   freezes the box, so a launch that does not fit is refused with the numbers.
+3. ``memory``: what vLLM claims at start-up — its ``gpu_memory_utilization`` of the total
+   (the catalog caps it at 0.85), and at least the weights plus a KV floor — fits in the host's
+   available memory plus what stopping the running model frees. On a DGX Spark the GPU shares
+   this memory: over-committing it is what freezes the box, so a launch that does not fit is
+   refused with the numbers.
 4. ``disk``: a model still to download fits in the free space of the host's model cache.
 
 Checks 3 and 4 read the host's last probe (``HostState``); without one they fail and say so.
@@ -18,7 +20,7 @@ from pathlib import Path
 import msgspec
 
 from app import contracts as c
-from app.catalog import MEMORY_CEILING, Recipe
+from app.catalog import Recipe
 from app.launch import build_argv, render, round_trips
 
 GIB = 2**30
@@ -55,8 +57,10 @@ def check_command(argv: list[str], line: str) -> Check:
 
 
 def check_flags(argv: list[str]) -> Check:
-    serve = argv.index("serve") if "serve" in argv else len(argv)
-    flags = [w.partition("=")[0] for w in argv[serve + 2 :] if w.startswith("--")]
+    serve = next((i for i in range(len(argv) - 1) if argv[i : i + 2] == ["vllm", "serve"]), -1)
+    flags = (
+        [w.partition("=")[0] for w in argv[serve + 3 :] if w.startswith("--")] if serve >= 0 else []
+    )
     unknown = sorted(set(flags) - known_flags())
     if unknown:
         return Check(name="flags", ok=False, detail=f"not vLLM flags: {', '.join(unknown)}")
@@ -67,20 +71,34 @@ def check_flags(argv: list[str]) -> Check:
 
 
 def check_memory(recipe: Recipe, state: c.HostState | None, freed_bytes: int = 0) -> Check:
-    """Weights + KV budget ≤ (available + what stopping the current model frees) * ceiling."""
+    """What vLLM claims at start-up (its memory fraction of the total, and at least the weights
+    plus a KV floor) must fit in what is available once the running model is stopped."""
     if state is None or state.probe is None:
         return Check(name="memory", ok=False, detail="no probe of this host yet: probe it first")
-    if not recipe.weight_bytes:
-        return Check(name="memory", ok=True, detail="weight size unknown: not checked")
-    need = recipe.weight_bytes + KV_FLOOR_BYTES
+    total = state.probe.mem_total_bytes
+    fraction = int(recipe.gpu_memory_utilization * total)
+    floor = (recipe.weight_bytes or 0) + KV_FLOOR_BYTES
+    need = max(fraction, floor)
     available = state.probe.mem_available_bytes + freed_bytes
-    allowed = int(available * MEMORY_CEILING)
-    numbers = (
-        f"needs {need / GIB:.1f} GiB (weights {recipe.weight_bytes / GIB:.1f} + KV "
-        f"{KV_FLOOR_BYTES / GIB:.1f}); allowed {allowed / GIB:.1f} GiB "
-        f"({available / GIB:.1f} GiB available * {MEMORY_CEILING})"
+    why = (
+        f"{recipe.gpu_memory_utilization} of {total / GIB:.1f} GiB"
+        if need == fraction
+        else f"weights {floor / GIB - KV_FLOOR_BYTES / GIB:.1f} + KV {KV_FLOOR_BYTES / GIB:.0f}"
     )
-    return Check(name="memory", ok=need <= allowed, detail=numbers)
+    freed = f" + {freed_bytes / GIB:.1f} GiB freed by the swap" if freed_bytes else ""
+    detail = (
+        f"needs {need / GIB:.1f} GiB ({why}); {available / GIB:.1f} GiB available "
+        f"({state.probe.mem_available_bytes / GIB:.1f} GiB now{freed})"
+    )
+    return Check(name="memory", ok=need <= available, detail=detail)
+
+
+def freed_by_stopping(previous: c.ModelState | None, state: c.HostState | None) -> int:
+    """Memory the running model gives back when a swap stops it (its fraction of the total)."""
+    if previous is None or previous.model is None or state is None or state.probe is None:
+        return 0
+    fraction = previous.recipe.get("gpu_memory_utilization", 0) or 0
+    return int(float(fraction) * state.probe.mem_total_bytes)
 
 
 def check_disk(recipe: Recipe, state: c.HostState | None, on_disk: bool) -> Check:
@@ -100,14 +118,15 @@ def check_disk(recipe: Recipe, state: c.HostState | None, on_disk: bool) -> Chec
 
 
 def run(
-    key: str, recipe: Recipe, host: str, state: c.HostState | None, on_disk: bool = False
-) -> Preflight:
+    key: str, recipe: Recipe, host: str, state: c.HostState | None, on_disk: bool = False,
+    previous: c.ModelState | None = None,
+) -> Preflight:  # fmt: skip
     argv = build_argv(key, recipe)
     line = render(argv)
     checks = [
         check_command(argv, line),
         check_flags(argv),
-        check_memory(recipe, state),
+        check_memory(recipe, state, freed_by_stopping(previous, state)),
         check_disk(recipe, state, on_disk),
     ]
     return Preflight(

@@ -90,7 +90,7 @@ class Swap:
             host=ctx.host.alias, up=True, checked_at=c.now(),
             probe=await probe(ctx.runner, ctx.host.alias, timeout=60),
         )  # fmt: skip
-        check = preflight.run(key, recipe, ctx.host.alias, state, on_disk=False)
+        check = preflight.run(key, recipe, ctx.host.alias, state, previous=previous)
         await ctx.progress("pre-flight", data=msgspec.to_builtins(check.checks))
         failed = [ch for ch in check.checks if not ch.ok and ch.name != "disk"]
         if failed:
@@ -215,7 +215,7 @@ async def _wait_ready(ctx: JobContext, key: str, recipe: catalog.Recipe) -> None
             await asyncio.sleep(POLL_S)
             if wedged:
                 raise SwapFailed(f"{key} wedged: {wedged[0][:300]}")
-            with contextlib.suppress(httpx.HTTPError):
+            with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError):
                 if await _serves(base, served):
                     break
             now = time.monotonic()
@@ -243,10 +243,15 @@ async def _serves(base: str, served: str) -> bool:
 
 
 async def _one_token(base: str, served: str) -> None:
-    async with httpx.AsyncClient(timeout=60.0) as client:
-        r = await client.post(
-            f"{base}/v1/completions", json={"model": served, "prompt": "ping", "max_tokens": 1}
-        )
+    try:
+        async with httpx.AsyncClient(timeout=60.0) as client:
+            r = await client.post(
+                f"{base}/v1/completions", json={"model": served, "prompt": "ping", "max_tokens": 1}
+            )
+    except httpx.HTTPError as exc:
+        raise SwapFailed(
+            f"{served} is up but a 1-token completion failed ({type(exc).__name__})"
+        ) from exc
     if r.status_code != 200:
         raise SwapFailed(f"{served} is up but a 1-token completion answered {r.status_code}")
 

@@ -14,11 +14,10 @@ from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
 
-from app import catalog, jobs, preflight, swaplock
+from app import catalog, jobs, swaplock
 from app import contracts as c
 from app.bus import Bus
 from app.config import HostConfig
-from app.errors import UnknownHost
 from app.routes import swap
 from app.routes.deps import bus_of, settings_of
 from app.sse import last_event_id
@@ -133,14 +132,9 @@ async def model_validate_fragment(
     state: State, request: Request[Any, Any, Any], key: FromPath[str]
 ) -> Template:
     """The pre-flight of ``key`` on the form's ``host`` (default: the first), as a fragment."""
-    settings = settings_of(state)
     form = await _form(request)
-    host = form.get("host") or settings.aliases[0]
-    if settings.host(host) is None:
-        raise UnknownHost(f"unknown host; known: {', '.join(settings.aliases)}")
-    recipe = await swap.find_recipe(state, key)
-    host_state = await bus_of(state).get_host_state(host)
-    return Template("_preflight.html", context={"pf": preflight.run(key, recipe, host, host_state)})
+    result = await swap.preflight_for(state, key, form.get("host") or None)
+    return Template("_preflight.html", context={"pf": result})
 
 
 @post("/models/{key:str}/swap", status_code=200, request_max_body_size=FORM_LIMIT)

@@ -103,23 +103,27 @@ async def swap_stream(
     return ServerSentEvent(job_stream(bus, job_id, after, as_json))
 
 
+async def preflight_for(state: State, key: str, host: str | None) -> preflight.Preflight:
+    """The pre-flight of ``key`` on ``host`` (default: the first) from the host's last probe and
+    what it runs now; shared by the API and the models page."""
+    settings = settings_of(state)
+    host = host or settings.aliases[0]
+    if settings.host(host) is None:
+        raise UnknownHost(f"unknown host; known: {', '.join(settings.aliases)}")
+    recipe = await find_recipe(state, key)
+    bus = bus_of(state)
+    state_now, previous = await bus.get_host_state(host), await bus.get_model_state(host)
+    return preflight.run(key, recipe, host, state_now, previous=previous)
+
+
 @post("/api/swap/{key:str}/validate", status_code=200, request_max_body_size=BODY_LIMIT)
 async def validate(state: State, request: Request[Any, Any, Any], key: FromPath[str]) -> Any:
-    settings = settings_of(state)
     raw = await request.body()
     try:
         body = msgspec.json.decode(raw, type=ValidateBody) if raw.strip() else ValidateBody()
     except msgspec.DecodeError as exc:
         raise BadRequest(f"body: {exc}", code="BAD_JSON") from exc
-    host = body.host or settings.aliases[0]
-    if settings.host(host) is None:
-        raise UnknownHost(f"unknown host; known: {', '.join(settings.aliases)}")
-    found = await asyncio.to_thread(catalog.current, *catalog.catalog_paths(settings, os.environ))
-    recipe = found.models.get(key)
-    if recipe is None:
-        raise UnknownModel("no such model in the catalog")
-    state_now = await bus_of(state).get_host_state(host)
-    return msgspec.to_builtins(preflight.run(key, recipe, host, state_now))
+    return msgspec.to_builtins(await preflight_for(state, key, body.host))
 
 
 ROUTES = [start_swap, get_swap, swap_stream, validate]
