@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import nats
@@ -221,6 +222,20 @@ class Bus:
 
     async def put_host_state(self, state: c.HostState) -> None:
         await self.state.put(c.host_state_key(state.host), c.encode(state))
+
+    async def get_disk_scan(self, host: str) -> dict[str, Any] | None:
+        """The last ``scan`` result of a host (workers/scan.py), or None if never scanned."""
+        try:
+            entry = await self.state.get(c.disk_state_key(host))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        value = msgspec.json.decode(entry.value)
+        return value if isinstance(value, dict) else None
+
+    async def put_disk_scan(self, host: str, scan: dict[str, Any]) -> None:
+        await self.state.put(c.disk_state_key(host), c.encode(scan))
 
     # --- replay --------------------------------------------------------------------------
 

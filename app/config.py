@@ -66,6 +66,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     hf_token: str | None = None
     """Hugging Face token for ``download`` (gated repos); a secret: it reaches a host only on
     the download's stdin, never in a command line, log, event or job record."""
+    ngc_key: str | None = None
+    """NVIDIA NGC API key for ``nim_install``; a secret: it reaches a host only on stdin (for
+    ``docker login`` and the container's environment), never in a command line, log, event or
+    job record."""
 
     def host(self, alias: str) -> HostConfig | None:
         return next((h for h in self.hosts if h.alias == alias), None)
@@ -83,6 +87,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "ssh_key_path": ("SSH_KEY_PATH",),
     "ssh_known_hosts": ("SSH_KNOWN_HOSTS",),
     "hf_token": ("HF_TOKEN",),
+    "ngc_key": ("NGC_API_KEY",),
 }
 """Earlier or conventional names, read after ``SPARK_CONTROL_<KEY>``."""
 

@@ -38,8 +38,9 @@ SRV_PING = "$SRV.PING"
 SRV_INFO = "$SRV.INFO"
 SRV_STATS = "$SRV.STATS"
 
-ACTIONS = ("probe", "swap", "stop", "download", "delete", "disk")
-"""Host actions the executor knows (download/delete/disk: workers/weights.py)."""
+ACTIONS = ("probe", "swap", "stop", "download", "delete", "disk", "scan", "service", "nim_install")
+"""Host actions the executor knows (download/delete/disk: workers/weights.py; scan:
+workers/scan.py)."""
 
 JOB_KINDS = ("accepted", "started", "progress", "log", "done", "failed", "cancelled")
 FINAL_KINDS = frozenset({"done", "failed", "cancelled"})
@@ -136,6 +137,11 @@ def host_state_key(host: str) -> str:
 def model_state_key(host: str) -> str:
     """What model runs on a host (``spark_state`` bucket)."""
     return f"model.{host_alias(host)}"
+
+
+def disk_state_key(host: str) -> str:
+    """The last ``scan`` of a host's HF cache (``spark_state`` bucket)."""
+    return f"disk.{host_alias(host)}"
 
 
 def schedule_key(entry_id: str) -> str:

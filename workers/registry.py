@@ -8,13 +8,16 @@ from app.config import Settings
 from workers.actions import Action, Probe
 from workers.lifecycle import Stop, Swap
 from workers.notify import Notifier
+from workers.scan import Scan
+from workers.services import NimInstall, ServiceAction
 from workers.weights import Delete, Disk, Download
 
 
 def registry(bus: Bus, settings: Settings) -> dict[str, Action]:
     actions: dict[str, Action] = {
         "probe": Probe(), "swap": Swap(bus, Notifier(settings)), "stop": Stop(bus),
-        "download": Download(settings), "delete": Delete(bus), "disk": Disk(),
+        "download": Download(settings), "delete": Delete(bus), "disk": Disk(), "scan": Scan(bus),
+        "service": ServiceAction(bus), "nim_install": NimInstall(settings),
     }  # fmt: skip
     assert set(actions) == set(c.ACTIONS), "contracts.ACTIONS and the registry disagree"
     return actions

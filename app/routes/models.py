@@ -15,7 +15,7 @@ from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery
 from litestar.response import Response
 
-from app import catalog, jobs
+from app import catalog, jobs, ondisk
 from app.errors import BadRequest, NotFound
 from app.routes.deps import bus_of, settings_of
 
@@ -33,6 +33,18 @@ def _paths(state: State) -> tuple[Path, Path]:
 @get("/api/models")
 async def list_models(state: State) -> list[dict[str, Any]]:
     return (await asyncio.to_thread(catalog.current, *_paths(state))).entries()
+
+
+@get("/api/models/ondisk")
+async def ondisk_models(state: State) -> dict[str, Any]:
+    """Models in the hosts' HF caches (their last ``scan``) matched to the catalog:
+    ``{"hosts": [...], "models": [...]}`` (see app/ondisk.py); runs no job."""
+    bus, settings = bus_of(state), settings_of(state)
+    found = await asyncio.to_thread(catalog.current, *_paths(state))
+    aliases = settings.aliases
+    stored = await asyncio.gather(*(bus.get_disk_scan(alias) for alias in aliases))
+    scans = dict(zip(aliases, stored, strict=True))
+    return {"hosts": ondisk.hosts_view(aliases, scans), "models": ondisk.match(found, scans)}
 
 
 @get("/api/models/{key:str}")
@@ -101,4 +113,4 @@ async def _recipe(state: State, key: str) -> catalog.Recipe:
     return found.models[key]
 
 
-ROUTES = [list_models, get_model, add_model, download_model, delete_weights]
+ROUTES = [list_models, ondisk_models, get_model, add_model, download_model, delete_weights]
