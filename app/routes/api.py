@@ -11,13 +11,14 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Response, ServerSentEvent
 
 from app import contracts as c
-from app import jobs
+from app import jobs, swaplock
 from app.config import Settings
 from app.errors import BadRequest
 from app.routes.deps import bus_of, settings_of
 from app.sse import as_json, job_stream, last_event_id
 
 BODY_LIMIT = 64 * 1024
+LOCKED_ACTIONS = frozenset({"swap", "stop"})
 
 
 class SubmitBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -66,6 +67,8 @@ async def host_action(
     state: State, request: Request[Any, Any, Any], host: FromPath[str], action: FromPath[str]
 ) -> Response[dict[str, Any]]:
     body = await read_body(request)
+    if action in LOCKED_ACTIONS:  # what changes the served model honours the swap lock
+        await swaplock.require(bus_of(state), request.headers.get(swaplock.TOKEN_HEADER))
     job, created = await jobs.submit(
         bus_of(state),
         settings_of(state),

@@ -167,3 +167,15 @@ async def test_lock_held_means_423_without_the_token(setup: Any) -> None:
             assert (r.status_code, r.json()["code"]) == (404, "UNKNOWN_MODEL")
             r = await client.post("/api/swap", json={"host": alias})
             assert (r.status_code, r.json()["code"]) == (400, "BAD_JSON")
+
+            # the generic host route honours the lock too for what changes the served model
+            lock = (await client.post("/api/swap/lock", json={"holder": "batch"})).json()
+            r = await client.post(f"/api/hosts/{alias}/stop")
+            assert (r.status_code, r.json()["code"]) == (423, "LOCKED")
+            r = await client.post(
+                f"/api/hosts/{alias}/stop", headers={"X-Lock-Token": lock["token"]}
+            )
+            assert r.status_code == 202
+            assert (await stack.sse_events(client, r.json()["events"]))[-1]["event"] == "done"
+            r = await client.post(f"/api/hosts/{alias}/probe")  # reading needs no token
+            assert r.status_code == 202
