@@ -16,6 +16,7 @@ import msgspec
 
 from app import contracts as c
 from app.config import HostConfig
+from app.errors import BadRequest
 from workers.probe import probe
 from workers.runner import ShellRunner
 
@@ -31,6 +32,14 @@ class JobContext:
 
     async def log(self, line: str, stream: str = "stdout") -> None:
         await self.emit(c.Event(kind="log", ts=c.now(), line=line, stream=stream))
+
+    def args_only(self, allowed: set[str]) -> dict[str, Any]:
+        """The job's args, refusing any name the action does not take (BAD_ARGS)."""
+        unknown = sorted(set(self.job.args) - allowed)
+        if unknown:
+            names = ", ".join(k[:40] for k in unknown[:5])
+            raise BadRequest(f"{self.job.action}: unknown argument(s): {names}", code="BAD_ARGS")
+        return self.job.args
 
     async def progress(self, message: str, data: Any = None) -> None:
         await self.emit(c.Event(kind="progress", ts=c.now(), message=message, data=data))

@@ -22,7 +22,7 @@ from app import ondisk, shellsafe
 from app.bus import Bus
 from app.errors import HostError
 from workers.actions import JobContext
-from workers.weights import CACHE_EXPR, _args, _human, check_repo, repo_of
+from workers.weights import CACHE_EXPR, _human, check_repo, repo_of
 
 SCAN_TIMEOUT_S = 300.0
 
@@ -115,7 +115,7 @@ class Scan:
         return None  # reading again is harmless
 
     async def run(self, ctx: JobContext) -> Any:
-        _args(ctx, set())
+        ctx.args_only(set())
         nonce = secrets.token_hex(8)
         res = await ctx.runner.run(scan_script(nonce), timeout=min(ctx.timeout_s, SCAN_TIMEOUT_S))
         if res.exit_status != 0:

@@ -44,15 +44,6 @@ class ServiceFailed(SparkError):
     status = 502
 
 
-def _args(ctx: JobContext, allowed: set[str]) -> dict[str, Any]:
-    args = ctx.job.args
-    unknown = sorted(set(args) - allowed)
-    if unknown:
-        names = ", ".join(k[:40] for k in unknown[:5])
-        raise BadRequest(f"{ctx.job.action}: unknown argument(s): {names}", code="BAD_ARGS")
-    return args
-
-
 def _address(ctx: JobContext) -> str:
     address = "127.0.0.1" if ctx.host.transport == "local" else ctx.host.address
     return f"[{address}]" if ":" in address else address
@@ -115,7 +106,7 @@ class ServiceAction:
         return None  # every op may run again: start re-creates, stop of nothing is harmless
 
     async def run(self, ctx: JobContext) -> Any:
-        args = _args(ctx, {"name", "op", "service"})
+        args = ctx.args_only({"name", "op", "service"})
         name = services.check_name(args.get("name"), "command")
         svc = services.validate_service(name, args.get("service"), source="command")
         op = args.get("op")

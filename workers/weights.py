@@ -80,15 +80,6 @@ def repo_of(name: str) -> str | None:
     return "/".join(parts) if len(parts) == 2 and all(parts) else None
 
 
-def _args(ctx: JobContext, allowed: set[str]) -> dict[str, Any]:
-    args = ctx.job.args
-    unknown = sorted(set(args) - allowed)
-    if unknown:
-        names = ", ".join(k[:40] for k in unknown[:5])
-        raise BadRequest(f"{ctx.job.action}: unknown argument(s): {names}", code="BAD_ARGS")
-    return args
-
-
 def _token(settings: Settings) -> str | None:
     token = settings.hf_token
     if not token:
@@ -283,7 +274,7 @@ class Download:
         return None  # run again: the CLI resumes partial files and skips complete ones
 
     async def run(self, ctx: JobContext) -> Any:
-        args = _args(ctx, {"repo", "revision"})
+        args = ctx.args_only({"repo", "revision"})
         repo = check_repo(args.get("repo"))
         revision = check_revision(args["revision"]) if args.get("revision") else None
         token = _token(self.settings)
@@ -400,7 +391,7 @@ class Delete:
         return None  # deleting twice is harmless
 
     async def run(self, ctx: JobContext) -> Any:
-        args = _args(ctx, {"repo", "local_path", "force"})
+        args = ctx.args_only({"repo", "local_path", "force"})
         if args.get("local_path") is not None:
             raise LocalPathModel("refused: a local_path model's weights are not in the HF cache")
         repo = check_repo(args.get("repo"))
@@ -467,7 +458,7 @@ class Disk:
         return None
 
     async def run(self, ctx: JobContext) -> Any:
-        _args(ctx, set())
+        ctx.args_only(set())
         res = await ctx.runner.run(DISK_SCRIPT, timeout=min(ctx.timeout_s, 300))
         if res.exit_status != 0:
             tail = (res.stderr.strip().splitlines() or ["(no output)"])[-1][:300]

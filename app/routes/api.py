@@ -96,7 +96,7 @@ async def list_jobs(state: State, limit: FromQuery[int] = 200) -> list[dict[str,
     return [msgspec.to_builtins(j) for j in found]
 
 
-@get("/api/jobs/{job_id:str}")
+@get(["/api/jobs/{job_id:str}", "/api/swap/{job_id:str}"])
 async def get_job(state: State, job_id: FromPath[str]) -> dict[str, Any]:
     return msgspec.to_builtins(await jobs.get(bus_of(state), job_id))
 
@@ -106,7 +106,7 @@ async def cancel_job(state: State, job_id: FromPath[str]) -> dict[str, Any]:
     return msgspec.to_builtins(await jobs.cancel(bus_of(state), job_id))
 
 
-@get("/api/jobs/{job_id:str}/events")
+@get(["/api/jobs/{job_id:str}/events", "/api/swap/{job_id:str}/stream"])
 async def job_events(
     state: State, request: Request[Any, Any, Any], job_id: FromPath[str]
 ) -> ServerSentEvent:

@@ -10,17 +10,15 @@ import os
 from typing import Any
 
 import msgspec
-from litestar import Request, get, post
+from litestar import Request, post
 from litestar.datastructures import State
 from litestar.params import FromPath
-from litestar.response import ServerSentEvent
 
 from app import catalog, jobs, preflight, swaplock
 from app import contracts as c
 from app.errors import BadRequest, UnknownHost
 from app.routes.deps import bus_of, settings_of
 from app.routes.models import BODY_LIMIT, UnknownModel
-from app.sse import as_json, job_stream, last_event_id
 
 
 class ValidateBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -88,21 +86,6 @@ async def start_swap(state: State, request: Request[Any, Any, Any]) -> dict[str,
     }  # fmt: skip
 
 
-@get("/api/swap/{job_id:str}")
-async def get_swap(state: State, job_id: FromPath[str]) -> dict[str, Any]:
-    return msgspec.to_builtins(await jobs.get(bus_of(state), job_id))
-
-
-@get("/api/swap/{job_id:str}/stream")
-async def swap_stream(
-    state: State, request: Request[Any, Any, Any], job_id: FromPath[str]
-) -> ServerSentEvent:
-    bus = bus_of(state)
-    await jobs.get(bus, job_id)
-    after = last_event_id(request.headers.get("last-event-id"))
-    return ServerSentEvent(job_stream(bus, job_id, after, as_json))
-
-
 async def preflight_for(state: State, key: str, host: str | None) -> preflight.Preflight:
     """The pre-flight of ``key`` on ``host`` (default: the first) from the host's last probe and
     what it runs now; shared by the API and the models page."""
@@ -126,4 +109,5 @@ async def validate(state: State, request: Request[Any, Any, Any], key: FromPath[
     return msgspec.to_builtins(await preflight_for(state, key, body.host))
 
 
-ROUTES = [start_swap, get_swap, swap_stream, validate]
+ROUTES = [start_swap, validate]
+"""``GET /api/swap/{id}`` and ``/api/swap/{id}/stream`` are the job routes (app/routes/api.py)."""
