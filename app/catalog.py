@@ -32,6 +32,7 @@ import yaml
 
 from app import shellsafe
 from app.errors import BadRequest, SparkError
+from app.yamlfile import read_section
 
 PACKAGE = Path(__file__).resolve().parent
 REQUEST = "request"
@@ -365,29 +366,7 @@ def vllm_flags(recipe: Recipe) -> list[str]:
 
 def _read_models(path: Path, *, missing_ok: bool) -> dict[str, Any]:
     """The raw ``models:`` mapping of one file ({} for a missing overrides file)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        if missing_ok:
-            return {}
-        raise CatalogError(f"{path}: catalog file not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"{path}: cannot read catalog file ({type(exc).__name__})") from exc
-    try:
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise CatalogError(f"{path}: not valid YAML{where}") from exc
-    if not isinstance(data, dict):
-        raise CatalogError(f"{path}: expected a mapping with a `models:` key at the top level")
-    extra = [k for k in data if k != "models"]
-    if extra:
-        raise CatalogError(f"{path}: only `models:` is allowed at the top level")
-    models = data.get("models") or {}
-    if not isinstance(models, dict):
-        raise CatalogError(f"{path}: models: expected a mapping of key → recipe")
-    return models
+    return read_section(path, "models", missing_ok=missing_ok, error=CatalogError, what="catalog")
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import msgspec
-import yaml
 
 from app import shellsafe
 from app.contracts import HOST_ALIAS
 from app.errors import BadRequest, SparkError
+from app.yamlfile import read_section
 
 PACKAGE = Path(__file__).resolve().parent
 DEFAULT_HOST = "spark2"
@@ -255,26 +255,9 @@ def validate_service(name: object, raw: object, source: str = "request") -> Serv
 
 def _read(path: Path, *, missing_ok: bool) -> dict[str, Any]:
     """The raw ``services:`` mapping of one file ({} for a missing overrides file)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        if missing_ok:
-            return {}
-        raise ServiceError(f"{path}: services file not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ServiceError(f"{path}: cannot read services file ({type(exc).__name__})") from exc
-    try:
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ServiceError(f"{path}: not valid YAML{where}") from exc
-    if not isinstance(data, dict) or set(data) - {"services"}:
-        raise ServiceError(f"{path}: expected only a `services:` mapping at the top level")
-    services = data.get("services") or {}
-    if not isinstance(services, dict):
-        raise ServiceError(f"{path}: services: expected a mapping of name → service")
-    return services
+    return read_section(
+        path, "services", missing_ok=missing_ok, error=ServiceError, what="services"
+    )
 
 
 def _check_clashes(found: Services) -> None:

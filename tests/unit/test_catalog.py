@@ -155,7 +155,7 @@ def test_file_level_errors_name_the_file(tmp_path: Path) -> None:
         cat.load_catalog(broken)
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text("qwen3:\n  repo: a/b\n")
-    with pytest.raises(CatalogError, match="only `models:` is allowed at the top level"):
+    with pytest.raises(CatalogError, match="expected only a `models:` mapping at the top level"):
         cat.load_catalog(wrong)
     with pytest.raises(CatalogError, match="catalog file not found"):
         cat.load_catalog(tmp_path / "absent.yaml")
