@@ -38,7 +38,18 @@ SRV_PING = "$SRV.PING"
 SRV_INFO = "$SRV.INFO"
 SRV_STATS = "$SRV.STATS"
 
-ACTIONS = ("probe", "swap", "stop", "download", "delete", "disk", "scan", "service", "nim_install")
+ACTIONS = (
+    "probe",
+    "swap",
+    "stop",
+    "restart",
+    "download",
+    "delete",
+    "disk",
+    "scan",
+    "service",
+    "nim_install",
+)
 """Host actions the executor knows (download/delete/disk: workers/weights.py; scan:
 workers/scan.py)."""
 

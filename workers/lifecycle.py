@@ -164,6 +164,34 @@ class Stop:
         return {"stopped": container}
 
 
+class Restart:
+    """Restart the host's current model in place (``docker restart``) and wait until it serves
+    again, as a swap does; a host with no model recorded has nothing to restart."""
+
+    def __init__(self, bus: Bus):
+        self.bus = bus
+
+    async def reconcile(self, ctx: JobContext) -> Any | None:
+        return None  # restarting twice is harmless
+
+    async def run(self, ctx: JobContext) -> Any:
+        ctx.args_only(set())
+        current = await self.bus.get_model_state(ctx.host.alias)
+        if current is None or current.model is None:
+            raise SparkError("no model runs on this host", code="NO_MODEL", status=409)
+        recipe = catalog.validate_recipe(current.model, current.recipe, source="state")
+        await ctx.progress(f"restarting {current.model}")
+        t0 = time.monotonic()
+        res = await ctx.runner.run(
+            f"docker restart {shellsafe.quote(recipe.container)}", timeout=300
+        )
+        if res.exit_status != 0:
+            tail = _tail(deque(res.stderr.splitlines()))
+            raise SwapFailed(f"docker restart of {recipe.container} failed: {tail}")
+        await _wait_ready(ctx, current.model, recipe)
+        return {"model": current.model, "ready_s": round(time.monotonic() - t0, 3)}
+
+
 async def _stop(ctx: JobContext, containers: set[str | None]) -> None:
     names = sorted(shellsafe.check_container(n) for n in containers if n)
     if not names:

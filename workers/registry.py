@@ -6,7 +6,7 @@ from app import contracts as c
 from app.bus import Bus
 from app.config import Settings
 from workers.actions import Action, Probe
-from workers.lifecycle import Stop, Swap
+from workers.lifecycle import Restart, Stop, Swap
 from workers.notify import Notifier
 from workers.scan import Scan
 from workers.services import NimInstall, ServiceAction
@@ -16,6 +16,7 @@ from workers.weights import Delete, Disk, Download
 def registry(bus: Bus, settings: Settings) -> dict[str, Action]:
     actions: dict[str, Action] = {
         "probe": Probe(), "swap": Swap(bus, Notifier(settings)), "stop": Stop(bus),
+        "restart": Restart(bus),
         "download": Download(settings), "delete": Delete(bus), "disk": Disk(), "scan": Scan(bus),
         "service": ServiceAction(bus), "nim_install": NimInstall(settings),
     }  # fmt: skip

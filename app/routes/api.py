@@ -13,12 +13,12 @@ from litestar.response import Response, ServerSentEvent
 from app import contracts as c
 from app import jobs, swaplock
 from app.config import Settings
-from app.errors import BadRequest
+from app.errors import BadRequest, UnknownHost
 from app.routes.deps import bus_of, settings_of
 from app.sse import as_json, job_stream, last_event_id
 
 BODY_LIMIT = 64 * 1024
-LOCKED_ACTIONS = frozenset({"swap", "stop"})
+LOCKED_ACTIONS = frozenset({"swap", "stop", "restart"})
 
 
 class SubmitBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -116,6 +116,16 @@ async def job_events(
     return ServerSentEvent(job_stream(bus, job_id, after, as_json))
 
 
+@get("/api/hosts/{host:str}/model")
+async def host_model(state: State, host: FromPath[str]) -> dict[str, Any]:
+    """What the host serves, as the last swap / stop / restart left it."""
+    settings = settings_of(state)
+    if settings.host(host) is None:
+        raise UnknownHost(f"unknown host; known: {', '.join(settings.aliases)}")
+    found = await bus_of(state).get_model_state(host)
+    return msgspec.to_builtins(found) if found else {"host": host, "model": None}
+
+
 @get("/api/status")
 async def status(state: State) -> dict[str, Any]:
     bus, settings = bus_of(state), settings_of(state)
@@ -139,4 +149,4 @@ async def status(state: State) -> dict[str, Any]:
     }
 
 
-ROUTES = [list_hosts, host_action, list_jobs, get_job, cancel_job, job_events, status]
+ROUTES = [list_hosts, host_model, host_action, list_jobs, get_job, cancel_job, job_events, status]

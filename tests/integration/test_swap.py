@@ -127,6 +127,15 @@ async def test_swap_a_to_b_then_failure_restores_b(setup: Any, ssh_host: Any, un
             job = (await client.get(f"/api/swap/{final['data']['job_id']}")).json()
             assert job["state"] == "failed" and job["action"] == "swap"
 
+            # status and restart of what runs now (b, restored)
+            model = (await client.get(f"/api/hosts/{alias}/model")).json()
+            assert (model["model"], model["port"]) == ("b", ports["b"])
+            r = await client.post(f"/api/hosts/{alias}/restart")
+            assert r.status_code == 202
+            events = await stack.sse_events(client, r.json()["events"])
+            assert events[-1]["event"] == "done" and events[-1]["data"]["data"]["model"] == "b"
+            assert await _chat(ports["b"], "b")
+
             await receiver.wait(3)  # signed, one per swap, in order
             assert [(e["event"], e["model"], ok) for e, ok in receiver.got] == [
                 ("swap_complete", "a", True), ("swap_complete", "b", True),
@@ -179,3 +188,36 @@ async def test_lock_held_means_423_without_the_token(setup: Any) -> None:
             assert (await stack.sse_events(client, r.json()["events"]))[-1]["event"] == "done"
             r = await client.post(f"/api/hosts/{alias}/probe")  # reading needs no token
             assert r.status_code == 202
+            assert (await client.get(f"/api/hosts/{alias}/model")).json()["model"] is None
+            r = await client.post(f"/api/hosts/{alias}/restart")
+            assert r.status_code == 423  # restart changes the served model too: lock honoured
+            r = await client.post(
+                f"/api/hosts/{alias}/restart", headers={"X-Lock-Token": lock["token"]}
+            )  # nothing runs: refused by the executor
+            events = await stack.sse_events(client, r.json()["events"])
+            assert events[-1]["event"] == "failed" and events[-1]["data"]["code"] == "NO_MODEL"
+
+
+async def test_two_swaps_at_once_run_one_after_the_other(setup: Any) -> None:
+    settings, ports = setup
+    alias = settings.hosts[0].alias
+    async with stack.executor(settings), stack.web(settings) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=90) as client:
+            first, second = await asyncio.gather(
+                client.post("/api/swap", json={"model": "a", "host": alias}),
+                client.post("/api/swap", json={"model": "b", "host": alias}),
+            )
+            assert first.status_code == second.status_code == 202  # queued, not refused
+            ev1 = await stack.sse_events(client, first.json()["stream"])
+            ev2 = await stack.sse_events(client, second.json()["stream"])
+            assert ev1[-1]["event"] == ev2[-1]["event"] == "done"
+            started = sorted(
+                (float(e["data"]["ts"]), e["data"]["job_id"])
+                for e in [*ev1, *ev2] if e["event"] in ("started", "done")
+            )  # fmt: skip
+            # per-host order: one swap finished before the other started
+            assert [j for _, j in started][:2] == [started[0][1]] * 2
+            assert await _chat(
+                ports["b"] if started[-1][1] == second.json()["job_id"] else ports["a"],
+                "b" if started[-1][1] == second.json()["job_id"] else "a",
+            )
