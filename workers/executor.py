@@ -31,7 +31,13 @@ from workers.registry import registry
 log = logging.getLogger(__name__)
 
 UNROUTED_QUEUE = "spark-exec-unrouted"
-LONG_ACTIONS_S = {"download": 86400.0, "swap": 3600.0}
+LONG_ACTIONS_S = {
+    "download": 86400.0,
+    "swap": 3600.0,
+    "restart": 3600.0,
+    "service": 1800.0,
+    "nim_install": 7200.0,
+}
 """Default time limits of actions that outlast ``command_timeout_s`` (a command may set its own)."""
 
 

@@ -18,6 +18,7 @@ from app import catalog, jobs, swaplock
 from app import contracts as c
 from app.bus import Bus
 from app.config import HostConfig
+from app.errors import BadRequest
 from app.routes import swap
 from app.routes.deps import bus_of, settings_of
 from app.sse import last_event_id
@@ -41,10 +42,17 @@ async def hosts_page(state: State) -> Template:
     return Template("hosts.html", context={"hosts": hosts, "status": status})
 
 
+PAGE_ACTIONS = frozenset({"probe", "disk", "scan"})
+
+
 @post("/hosts/{host:str}/{action:str}", status_code=200)
 async def host_action_fragment(
     state: State, host: FromPath[str], action: FromPath[str]
 ) -> Template:
+    """The hosts page's buttons: actions that only read the host (swaps go through /models,
+    where the lock token is asked for)."""
+    if action not in PAGE_ACTIONS:
+        raise BadRequest(f"{action!r} is not run from this page", code="NOT_A_PAGE_ACTION")
     job, _ = await jobs.submit(bus_of(state), settings_of(state), host, action, requested_by="page")
     return Template("_job_panel.html", context={"job": job})
 

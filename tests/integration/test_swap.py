@@ -221,3 +221,13 @@ async def test_two_swaps_at_once_run_one_after_the_other(setup: Any) -> None:
                 ports["b"] if started[-1][1] == second.json()["job_id"] else ports["a"],
                 "b" if started[-1][1] == second.json()["job_id"] else "a",
             )
+
+
+async def test_hosts_page_buttons_only_read(setup: Any) -> None:
+    settings, _ports = setup
+    alias = settings.hosts[0].alias
+    async with stack.web(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        for action in ("stop", "swap", "restart"):
+            r = await client.post(f"/hosts/{alias}/{action}", headers={"HX-Request": "true"})
+            assert r.status_code == 400 and "NOT_A_PAGE_ACTION" in r.text
+        assert (await client.get("/api/jobs")).json() == []
