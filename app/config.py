@@ -17,8 +17,12 @@ import msgspec
 import yaml
 
 from app.contracts import HOST_ALIAS
+from app.errors import BadRequest
+from app.shellsafe import check_local_path
 
 LOCAL_HOST = "local"
+DEFAULT_CLUSTER_SCRIPT = "$HOME/spark-vllm-docker/launch-cluster.sh"
+"""The community two-box launcher on the head node; ``$HOME`` is expanded there."""
 
 
 class ConfigError(Exception):
@@ -61,6 +65,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Where swap outcomes are POSTed (``swap_complete`` / ``swap_failed``), signed."""
     webhook_secret: str | None = None
     """HMAC key of ``X-Spark-Signature``; a secret: never logged or shown."""
+    cluster_script: str = DEFAULT_CLUSTER_SCRIPT
+    """The head node's two-box launcher (cluster-mode recipes); ``$HOME`` is the host's."""
     stream_replicas: int = 1
     """JetStream replicas of the streams and buckets (3 on a NATS cluster)."""
     hf_token: str | None = None
@@ -187,6 +193,11 @@ def _validate(s: Settings, source: str) -> Settings:
             raise ConfigError(f"{source}: webhook_urls[{i}]: must be an http(s) URL")
     if s.webhook_urls and not s.webhook_secret:
         raise ConfigError(f"{source}: webhook_secret: required when webhook_urls are set")
+    if s.cluster_script != DEFAULT_CLUSTER_SCRIPT:
+        try:
+            check_local_path(s.cluster_script, field="cluster_script")
+        except BadRequest as exc:
+            raise ConfigError(f"{source}: {exc.message}") from exc
     if not 1 <= s.stream_replicas <= 5:
         raise ConfigError(f"{source}: stream_replicas: must be 1..5")
     for name in (

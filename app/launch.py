@@ -13,12 +13,12 @@ import shlex
 
 from app import shellsafe
 from app.catalog import Recipe, vllm_flags
+from app.config import DEFAULT_CLUSTER_SCRIPT
 
 HF_CACHE_WORD = "$HOME/.cache/huggingface:/root/.cache/huggingface"
 """The cache mount, expanded on the host (so it is the operator's home, not ours)."""
 HF_CACHE_SHELL = '"$HOME"/.cache/huggingface:/root/.cache/huggingface'
 CONTAINER_PORT = 8000
-DEFAULT_CLUSTER_SCRIPT = "$HOME/spark-vllm-docker/launch-cluster.sh"
 
 
 def model_ref(key: str, recipe: Recipe) -> str:

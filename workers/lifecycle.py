@@ -22,7 +22,7 @@ from app import catalog, preflight, shellsafe
 from app import contracts as c
 from app.bus import Bus
 from app.errors import SparkError
-from app.launch import build_argv, render
+from app.launch import DEFAULT_CLUSTER_SCRIPT, build_argv, render
 from workers.actions import JobContext
 from workers.notify import Notifier
 from workers.probe import probe
@@ -56,9 +56,10 @@ class Swap:
     """Put ``args.model`` (with ``args.recipe``) on the host, replacing what runs there; the
     outcome goes to the webhooks once the swap has ended."""
 
-    def __init__(self, bus: Bus, notifier: Notifier):
+    def __init__(self, bus: Bus, notifier: Notifier, cluster_script: str = DEFAULT_CLUSTER_SCRIPT):
         self.bus = bus
         self.notifier = notifier
+        self.cluster_script = cluster_script
 
     async def close(self) -> None:
         await self.notifier.close()
@@ -101,7 +102,7 @@ class Swap:
         t0 = time.monotonic()
         try:
             await _stop(ctx, {recipe.container, *([previous.container] if previous else [])})
-            await _launch(ctx, key, recipe)
+            await _launch(ctx, key, recipe, self.cluster_script)
         except SparkError as exc:
             await self._restore(ctx, previous, recipe, exc)
             raise
@@ -122,7 +123,7 @@ class Swap:
         try:
             recipe = catalog.validate_recipe(previous.model, previous.recipe, source="state")
             await _stop(ctx, {failed.container, recipe.container})
-            await _launch(ctx, previous.model, recipe)
+            await _launch(ctx, previous.model, recipe, self.cluster_script)
             await self._record(ctx, previous.model, recipe)
             exc.message += f" (previous model {previous.model} restored)"
         except SparkError as again:
@@ -204,10 +205,12 @@ async def _stop(ctx: JobContext, containers: set[str | None]) -> None:
         raise SwapFailed("could not stop the running model")
 
 
-async def _launch(ctx: JobContext, key: str, recipe: catalog.Recipe) -> None:
+async def _launch(
+    ctx: JobContext, key: str, recipe: catalog.Recipe, cluster_script: str = DEFAULT_CLUSTER_SCRIPT
+) -> None:
     """Start the recipe and wait until it serves; fail with the log's last lines."""
     await ctx.progress(f"launching {key}")
-    res = await ctx.runner.run(render(build_argv(key, recipe)), timeout=300)
+    res = await ctx.runner.run(render(build_argv(key, recipe, cluster_script)), timeout=300)
     if res.exit_status != 0:
         tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
         raise SwapFailed(f"launch of {key} refused: {' | '.join(tail)[:500]}")

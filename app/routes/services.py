@@ -22,6 +22,7 @@ from litestar.response import Response
 from app import jobs, services
 from app.bus import Bus
 from app.config import Settings
+from app.contracts import JobRecord
 from app.errors import BadRequest, Conflict, NotFound
 from app.routes.deps import bus_of, settings_of
 
@@ -82,8 +83,9 @@ def service_view(
     }  # fmt: skip
 
 
-@get("/api/services")
-async def list_services(state: State) -> list[dict[str, Any]]:
+async def service_views(state: State) -> list[dict[str, Any]]:
+    """Every declared service (sorted by name) with its last known status; shared with the
+    services page."""
     settings, bus = settings_of(state), bus_of(state)
     found = await _current(state)
     out = []
@@ -94,12 +96,32 @@ async def list_services(state: State) -> list[dict[str, Any]]:
     return out
 
 
+async def last_status(state: State, host: str, name: str) -> dict[str, Any] | None:
+    return await _last_status(bus_of(state), host, name)
+
+
+@get("/api/services")
+async def list_services(state: State) -> list[dict[str, Any]]:
+    return await service_views(state)
+
+
 @post("/api/services/{name:str}/{op:str}", status_code=202, request_max_body_size=BODY_LIMIT)
 async def service_op(
     state: State, request: Request[Any, Any, Any], name: FromPath[str], op: FromPath[str]
 ) -> Response[dict[str, Any]]:
     """Queue ``op`` on the service's host. Disabled: start and restart refused (409), stop and
     status allowed (a disabled service may still run from before)."""
+    job, created = await submit_service_op(
+        state, name, op, key=request.headers.get("idempotency-key"), requested_by="http"
+    )
+    return Response(_job_body(job.id, job.host, created, name=name, op=op), status_code=202)
+
+
+async def submit_service_op(
+    state: State, name: str, op: str, *, key: str | None, requested_by: str
+) -> tuple[JobRecord, bool]:
+    """Resolve ``name`` and queue the ``service`` job for ``op`` (shared with the services
+    page): UnknownService, UNKNOWN_OP, ServiceDisabled, HostNotConfigured as the API answers."""
     settings = settings_of(state)
     found = await _current(state)
     svc = found.services.get(name)
@@ -116,11 +138,10 @@ async def service_op(
         )
     args = {"name": name, "op": op, "service": msgspec.to_builtins(svc)}
     timeout = svc.start_timeout_s + 600.0 if op in ("start", "restart") else STOP_TIMEOUT_S
-    job, created = await jobs.submit(
+    return await jobs.submit(
         bus_of(state), settings, svc.host, "service", args,
-        key=request.headers.get("idempotency-key"), timeout_s=timeout, requested_by="http",
+        key=key, timeout_s=timeout, requested_by=requested_by,
     )  # fmt: skip
-    return Response(_job_body(job.id, job.host, created, name=name, op=op), status_code=202)
 
 
 @post("/api/nim/install", status_code=202, request_max_body_size=BODY_LIMIT)

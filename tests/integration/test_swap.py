@@ -231,3 +231,30 @@ async def test_hosts_page_buttons_only_read(setup: Any) -> None:
             r = await client.post(f"/hosts/{alias}/{action}", headers={"HX-Request": "true"})
             assert r.status_code == 400 and "NOT_A_PAGE_ACTION" in r.text
         assert (await client.get("/api/jobs")).json() == []
+
+
+async def test_cluster_recipe_launches_through_the_head_nodes_script(
+    setup: Any, ssh_host: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, _ports = setup
+    alias, port = settings.hosts[0].alias, free_port()
+    overrides = Path(os.environ["MODELS_OVERRIDES"])
+    models = yaml.safe_load(overrides.read_text())["models"]
+    models["tp"] = {
+        "repo": "org/model-tp", "mode": "cluster", "tensor_parallel_size": 2, "port": port,
+        "weight_bytes": 2**30, "start_timeout_s": 60, "max_model_len": 4096,
+        "gpu_memory_utilization": 0.3,
+    }  # fmt: skip
+    overrides.write_text(yaml.safe_dump({"models": models}))
+    settings.cluster_script = str(ssh_host.shims_dir / "launch-cluster.sh")
+    async with stack.executor(settings), stack.web(settings) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=90) as client:
+            events = await _swap(client, "tp", alias)
+            assert events[-1]["event"] == "done", events[-1]
+            assert await _chat(port, "tp")
+    (run,) = [cmd["argv"] for cmd in ssh_host.commands("docker") if "org/model-tp" in cmd["argv"]]
+    assert run[:3] == ["docker", "run", "-d"] and "--network" in run
+    serve = run[run.index("vllm") :]
+    assert serve[:3] == ["vllm", "serve", "org/model-tp"]
+    assert serve[serve.index("--tensor-parallel-size") + 1] == "2"
+    assert serve.count("--distributed-executor-backend") == 1

@@ -94,3 +94,12 @@ def test_data_dir_created_or_clear_error(tmp_path: Path) -> None:
         ro.mkdir(mode=0o500)
         with pytest.raises(ConfigError, match="not a writable folder"):
             ensure_data_dir(load_settings(env={"SPARK_DATA_DIR": str(ro)}))
+
+
+def test_cluster_script_is_a_checked_path() -> None:
+    assert load_settings(env={}).cluster_script == "$HOME/spark-vllm-docker/launch-cluster.sh"
+    ok = load_settings(env={"SPARK_CONTROL_CLUSTER_SCRIPT": "/opt/spark/launch-cluster.sh"})
+    assert ok.cluster_script == "/opt/spark/launch-cluster.sh"
+    with pytest.raises(ConfigError, match="cluster_script") as err:
+        load_settings(env={"SPARK_CONTROL_CLUSTER_SCRIPT": "/opt/x;reboot"})
+    assert "reboot" not in str(err.value)
