@@ -77,6 +77,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ``docker login`` and the container's environment), never in a command line, log, event or
     job record."""
 
+    def __repr__(self) -> str:
+        """Secrets are masked: a settings object may end up in a log or a traceback."""
+        shown = {
+            f: ("***" if f in SECRET_FIELDS and getattr(self, f) else getattr(self, f))
+            for f in self.__struct_fields__
+        }
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     def host(self, alias: str) -> HostConfig | None:
         return next((h for h in self.hosts if h.alias == alias), None)
 
@@ -98,6 +106,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
 """Earlier or conventional names, read after ``SPARK_CONTROL_<KEY>``."""
 
 LIST_FIELDS = frozenset({"webhook_urls"})
+SECRET_FIELDS = frozenset({"webhook_secret", "hf_token", "ngc_key"})
 """Settings given in the environment as comma-separated lists."""
 
 _LEGACY_HOST = re.compile(r"^SPARK(\d+)_(HOST|USER|PORT)$")

@@ -103,3 +103,10 @@ def test_cluster_script_is_a_checked_path() -> None:
     with pytest.raises(ConfigError, match="cluster_script") as err:
         load_settings(env={"SPARK_CONTROL_CLUSTER_SCRIPT": "/opt/x;reboot"})
     assert "reboot" not in str(err.value)
+
+
+def test_secrets_are_masked_in_repr() -> None:
+    s = load_settings(env={"HF_TOKEN": "hf_abcSECRET", "NGC_API_KEY": "nvapi-SECRET",
+                           "SPARK_CONTROL_WEBHOOK_SECRET": "whSECRET"})  # fmt: skip
+    assert s.hf_token == "hf_abcSECRET" and s.ngc_key == "nvapi-SECRET"
+    assert "SECRET" not in repr(s) and "SECRET" not in str(s) and "***" in repr(s)
