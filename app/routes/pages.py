@@ -14,11 +14,12 @@ from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
 
-from app import catalog, jobs, swaplock
+from app import catalog, jobs, services, swaplock
 from app import contracts as c
 from app.bus import Bus
 from app.config import HostConfig
 from app.errors import BadRequest
+from app.routes import services as services_api
 from app.routes import swap
 from app.routes.deps import bus_of, settings_of
 from app.sse import last_event_id
@@ -86,6 +87,7 @@ async def job_fragments(
         engine.get_template(n) for n in ("_event.html", "_host_tile.html", "_job_head.html")
     )
     models_t = engine.get_template("models.html")
+    services_t = engine.get_template("services.html")
     after = last_event_id(request.headers.get("last-event-id"))
 
     async def fragments() -> AsyncIterator[ServerSentEventMessage]:
@@ -98,6 +100,11 @@ async def job_fragments(
                 if host is not None and job.action in MODEL_ACTIONS:
                     line = await _model_view(bus, host)
                     html += _render_block(models_t, "model_line", h=line, oob=True)
+                elif host is not None and job.action == "service":  # services page: its cell
+                    name = str(job.args.get("name", ""))
+                    st = await services_api.last_status(state, host.alias, name)
+                    view = SimpleNamespace(name=name, status=st)
+                    html += _render_block(services_t, "status_cell", s=view, oob=True)
                 elif host is not None:
                     h = await _host_view(bus, host)
                     html += tile_t.render(h=h, oob=True)
@@ -173,7 +180,40 @@ def _render_block(template: Any, block: str, **context: Any) -> str:
     return "".join(template.blocks[block](template.new_context(context)))
 
 
+# --- services page and the lock banner ---------------------------------------------------------
+
+
+@get("/services")
+async def services_page(state: State) -> Template:
+    """The declared services with Start / Stop / Restart / Status, and the swap-lock banner."""
+    bundled, overrides = services.service_paths(settings_of(state), os.environ)
+    context = {
+        "services": await services_api.service_views(state),
+        "lock": await swaplock.status(bus_of(state)),
+        "paths": {"bundled": str(bundled), "overrides": str(overrides)},
+    }
+    return Template("services.html", context=context)
+
+
+@post("/services/{name:str}/{op:str}", status_code=200)
+async def service_op_fragment(state: State, name: FromPath[str], op: FromPath[str]) -> Template:
+    """``POST /api/services/{name}/{op}`` from the page: the live job panel (refusals come back
+    as the error fragment, with the API's status and code)."""
+    job, _ = await services_api.submit_service_op(state, name, op, key=None, requested_by="page")
+    return Template("_job_panel.html", context={"job": job})
+
+
+@post("/lock/release", status_code=200)
+async def lock_force_release_fragment(state: State) -> Template:
+    """The banner's Force release (the operator's ``DELETE /api/swap/lock?force=true``): the
+    banner again, now free."""
+    bus = bus_of(state)
+    await swaplock.release(bus, None, force=True)
+    return Template("_lock.html", context={"lock": await swaplock.status(bus)})
+
+
 ROUTES = [
     index, hosts_page, host_action_fragment, jobs_page, job_page, job_fragments,
     models_page, model_validate_fragment, model_swap_fragment,
+    services_page, service_op_fragment, lock_force_release_fragment,
 ]  # fmt: skip
