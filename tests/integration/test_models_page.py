@@ -6,9 +6,7 @@ test-output/screenshots/."""
 
 from __future__ import annotations
 
-import asyncio
 import html
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -18,17 +16,9 @@ import pytest
 import yaml
 
 from app import catalog
-from tests import stack
-from tests.integration.test_pages_browser import (
-    BROWSER_DIR,
-    PNG_MAGIC,
-    RUN_TIMEOUT_S,
-    SCREENSHOTS,
-    _browser_tools,
-)
+from tests import browser_run, stack
 from tests.servers import free_port
 
-SCRIPT = BROWSER_DIR / "models.mjs"
 EXPECTED_SHOTS = ("models.png", "models-phone.png")
 HX = {"HX-Request": "true", "Accept": "text/html"}
 CHECKS = ("command", "flags", "memory", "disk")
@@ -148,40 +138,17 @@ async def test_models_page_swap_lock_then_panel_refreshes_model_line(setup: Any)
 
 
 async def test_models_page_in_chromium_check_and_swap(setup: Any) -> None:
-    node = _browser_tools()
+    node = browser_run.browser_tools()
     settings = setup
     alias = settings.aliases[1]  # the second host: the selector must be used
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for name in (*EXPECTED_SHOTS, "models-failure.png"):
-        (SCREENSHOTS / name).unlink(missing_ok=True)
-
+    browser_run.fresh_screenshots(*EXPECTED_SHOTS, "models-failure.png")
     async with stack.executor(settings), stack.web(settings) as base:
         async with httpx.AsyncClient(base_url=base, timeout=60) as client:  # probe: checks pass
             job = (await client.post(f"/api/hosts/{alias}/probe")).json()
             assert (await stack.sse_events(client, job["events"]))[-1]["event"] == "done"
-        proc = await asyncio.create_subprocess_exec(
-            node, str(SCRIPT), base, alias, "tiny-a", str(SCREENSHOTS),
-            cwd=stack.REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            pytest.fail(f"models.mjs did not finish within {RUN_TIMEOUT_S} s")
-
-    report = f"exit {proc.returncode}\nstdout:\n{out.decode()}\nstderr:\n{err.decode()}"
-    try:
-        summary = json.loads(out)
-    except ValueError:
-        pytest.fail(f"models.mjs printed no JSON summary\n{report}")
-    assert proc.returncode == 0, report
-    assert summary["ok"] is True, report
-    assert summary["console_errors"] == [], report
+        summary, report = await browser_run.run_script(
+            node, "models.mjs", base, alias, "tiny-a", str(browser_run.SCREENSHOTS)
+        )
     assert summary["dialog"] == f"Swap {alias} to tiny-a? The running model stops.", report
     assert summary["job_id"], report
-    shots = {Path(p).name: Path(p) for p in summary["screenshots"]}
-    assert sorted(shots) == sorted(EXPECTED_SHOTS), report
-    for name, path in shots.items():
-        data = path.read_bytes()
-        assert len(data) > 1000 and data.startswith(PNG_MAGIC), f"{name}: not a non-empty PNG"
+    browser_run.assert_screenshots(summary, EXPECTED_SHOTS, report)

@@ -7,9 +7,7 @@ screenshots in test-output/screenshots/."""
 
 from __future__ import annotations
 
-import asyncio
 import html
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -20,17 +18,9 @@ import yaml
 
 from app import services
 from app.config import Settings
-from tests import stack
-from tests.integration.test_pages_browser import (
-    BROWSER_DIR,
-    PNG_MAGIC,
-    RUN_TIMEOUT_S,
-    SCREENSHOTS,
-    _browser_tools,
-)
+from tests import browser_run, stack
 from tests.servers import free_port
 
-SCRIPT = BROWSER_DIR / "services.mjs"
 EXPECTED_SHOTS = ("services.png", "services-phone.png")
 HX = {"HX-Request": "true", "Accept": "text/html"}
 
@@ -160,40 +150,17 @@ async def test_lock_banner_and_force_release(setup: Settings) -> None:
 
 
 async def test_services_page_in_chromium(setup: Settings) -> None:
-    node = _browser_tools()
+    node = browser_run.browser_tools()
     settings = setup
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for name in (*EXPECTED_SHOTS, "services-failure.png"):
-        (SCREENSHOTS / name).unlink(missing_ok=True)
-
+    browser_run.fresh_screenshots(*EXPECTED_SHOTS, "services-failure.png")
     async with stack.executor(settings), stack.web(settings) as base:
-        proc = await asyncio.create_subprocess_exec(
-            node, str(SCRIPT), base, "stt", str(SCREENSHOTS),
-            cwd=stack.REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            pytest.fail(f"services.mjs did not finish within {RUN_TIMEOUT_S} s")
+        summary, report = await browser_run.run_script(
+            node, "services.mjs", base, "stt", str(browser_run.SCREENSHOTS)
+        )
         async with httpx.AsyncClient(base_url=base, timeout=60) as client:  # leave it stopped
             r = await client.post("/api/services/stt/stop")
             assert (await stack.sse_events(client, r.json()["events"]))[-1]["event"] == "done"
-
-    report = f"exit {proc.returncode}\nstdout:\n{out.decode()}\nstderr:\n{err.decode()}"
-    try:
-        summary = json.loads(out)
-    except ValueError:
-        pytest.fail(f"services.mjs printed no JSON summary\n{report}")
-    assert proc.returncode == 0, report
-    assert summary["ok"] is True, report
-    assert summary["console_errors"] == [], report
     assert summary["dialogs"] == [
         "Release the lock held by browser-test? Their swaps will no longer be protected."
     ], report
-    shots = {Path(p).name: Path(p) for p in summary["screenshots"]}
-    assert sorted(shots) == sorted(EXPECTED_SHOTS), report
-    for name, path in shots.items():
-        data = path.read_bytes()
-        assert len(data) > 1000 and data.startswith(PNG_MAGIC), f"{name}: not a non-empty PNG"
+    browser_run.assert_screenshots(summary, EXPECTED_SHOTS, report)
