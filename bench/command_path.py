@@ -134,7 +134,7 @@ async def main(runs: int) -> None:
         ]
         base = f"http://127.0.0.1:{port}"
         try:
-            await stack.wait_for(_up(base), timeout=60)
+            await stack.wait_for(stack.front_ready(base), timeout=60)
             e2e = await end_to_end(base, alias, runs)
             ways = await remote_ways(settings, host, runs)
         finally:
@@ -158,18 +158,6 @@ async def main(runs: int) -> None:
     kept = statistics.median(ways["kept shell: 7 commands"])
     print(f"  probe as the executor runs it vs an exec channel each: {per_cmd / script:.1f}x")
     print(f"  7 commands on the kept shell vs an exec channel each:  {per_cmd / kept:.1f}x")
-
-
-def _up(base: str):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        try:
-            async with httpx.AsyncClient() as c:
-                r = await c.get(f"{base}/api/status", timeout=2)
-                return r.status_code == 200 and bool(r.json()["workers"])
-        except httpx.HTTPError:
-            return False
-
-    return check
 
 
 if __name__ == "__main__":

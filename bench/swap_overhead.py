@@ -67,7 +67,7 @@ async def main(swaps: int, start_delay: float) -> None:
         procs = [stack.worker_process(config, "ssh"), stack.part_process(config, "web")]
         base = f"http://127.0.0.1:{port}"
         try:
-            await stack.wait_for(_up(base), timeout=60)
+            await stack.wait_for(stack.front_ready(base), timeout=60)
             async with httpx.AsyncClient(base_url=base, timeout=120) as client:
                 await one_swap(client, "model-a")  # warm-up: the first SSH connection
                 overheads = [
@@ -84,18 +84,6 @@ async def main(swaps: int, start_delay: float) -> None:
     print(f"swap overhead, {swaps} swaps, simulated engine start {start_delay:g} s, OpenSSH sshd")
     print(f"  control-plane overhead   p50 {statistics.median(ms):8.1f} ms   max {max(ms):8.1f} ms")
     print("  (target: p50 <= 1000 ms)")
-
-
-def _up(base: str):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        try:
-            async with httpx.AsyncClient() as c:
-                r = await c.get(f"{base}/api/status", timeout=2)
-                return r.status_code == 200 and bool(r.json()["workers"])
-        except httpx.HTTPError:
-            return False
-
-    return check
 
 
 if __name__ == "__main__":

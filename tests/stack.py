@@ -161,3 +161,17 @@ async def wait_for(predicate: Any, timeout: float = 10.0, every: float = 0.05) -
         if loop.time() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(every)
+
+
+def front_ready(base: str) -> Any:
+    """A predicate for ``wait_for``: the web front answers and sees at least one worker."""
+
+    async def check() -> bool:
+        try:
+            async with httpx.AsyncClient() as client:
+                r = await client.get(f"{base}/api/status", timeout=2)
+                return r.status_code == 200 and bool(r.json()["workers"])
+        except httpx.HTTPError:
+            return False
+
+    return check
