@@ -6,6 +6,8 @@ Messages are for people and never carry secrets (keys, tokens, passwords, redact
 
 from __future__ import annotations
 
+import re
+
 
 class SparkError(Exception):
     """Base: a failure with a stable machine code and an HTTP status."""
@@ -81,6 +83,24 @@ class CommandTimeout(HostError):
 class Cancelled(SparkError):
     code = "CANCELLED"
     status = 409
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_text(value: object, field: str, limit: int, *, required: bool = False) -> str | None:
+    """A free-text field of a request (holder, note, description, …): a string within
+    ``limit`` characters without control characters; BadRequest names the field, never the
+    value. None when absent and not required."""
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise BadRequest(f"{field}: must be a non-empty string")
+    if len(value) > limit:
+        raise BadRequest(f"{field}: must be at most {limit} characters")
+    if _CONTROL.search(value):
+        raise BadRequest(f"{field}: must not contain control characters")
+    return value
 
 
 def error_body(exc: SparkError) -> dict[str, str]:

@@ -16,13 +16,12 @@ import nats.js.errors
 
 from app import contracts as c
 from app.bus import Bus
-from app.errors import BadRequest, Conflict, NotFound
+from app.errors import BadRequest, Conflict, NotFound, check_text
 
 log = logging.getLogger(__name__)
 
 MAX_ENTRIES = 500
 LIMITS = {"name": 100, "cron": 100, "description": 2000, "owner": 100, "model": 200, "host": 100}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ID = re.compile(r"^[a-f0-9]{12}$")
 
 
@@ -55,16 +54,7 @@ class _Body(msgspec.Struct, kw_only=True):
 
 
 def _text(value: object, field: str, *, required: bool = False) -> str | None:
-    if value is None and not required:
-        return None
-    limit = LIMITS[field]
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise BadRequest(f"{field}: must be a non-empty string")
-    if len(value) > limit:
-        raise BadRequest(f"{field}: must be at most {limit} characters")
-    if _CONTROL.search(value):
-        raise BadRequest(f"{field}: must not contain control characters")
-    return value
+    return check_text(value, field, LIMITS[field], required=required)
 
 
 def decode_entry(raw: bytes) -> ScheduleEntry:

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import logging
 import math
-import re
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +21,7 @@ import nats.js.errors
 
 from app import contracts as c
 from app.bus import Bus
-from app.errors import BadRequest, Conflict, SparkError
+from app.errors import BadRequest, Conflict, SparkError, check_text
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,6 @@ MAX_TOKEN = 256
 TOKEN_HEADER = "X-Lock-Token"
 _CAS_ROUNDS = 8
 _WRONG_LAST = (10071, 10164)  # JetStream: expected last subject sequence did not match
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class LockHeld(Conflict):
@@ -95,18 +93,6 @@ class _AcquireBody(msgspec.Struct, kw_only=True):
 # --- validation ----------------------------------------------------------------------------
 
 
-def _text(value: object, field: str, limit: int, *, required: bool) -> str | None:
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise BadRequest(f"{field}: must be a non-empty string")
-    if len(value) > limit:
-        raise BadRequest(f"{field}: must be at most {limit} characters")
-    if _CONTROL.search(value):
-        raise BadRequest(f"{field}: must not contain control characters")
-    return value
-
-
 def check_token(value: object) -> str | None:
     """A presented token (header or body): None when absent; never echoed in a message."""
     if value is None or value == "":
@@ -127,12 +113,12 @@ def decode_acquire(raw: bytes) -> AcquireRequest:
         raise BadRequest(
             f"ttl_seconds: must be an integer from {MIN_TTL_S} to {MAX_TTL_S}", code="BAD_TTL"
         )
-    holder = _text(body.holder, "holder", MAX_HOLDER, required=True)
+    holder = check_text(body.holder, "holder", MAX_HOLDER, required=True)
     assert holder is not None
     return AcquireRequest(
         holder=holder,
         ttl_seconds=ttl,
-        note=_text(body.note, "note", MAX_NOTE, required=False),
+        note=check_text(body.note, "note", MAX_NOTE),
         token=check_token(body.token),
     )
 

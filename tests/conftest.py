@@ -7,6 +7,7 @@ import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,15 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `from tests import ...` / `from app import ...` under bare pytest
     sys.path.insert(0, str(REPO))
 
-from tests.servers import SSHD, AsyncsshHost, NatsServer, SeaweedS3, SshdHost  # noqa: E402
+from tests.servers import (  # noqa: E402
+    SSHD,
+    AsyncsshHost,
+    HfAsyncsshHost,
+    HfSshdHost,
+    NatsServer,
+    SeaweedS3,
+    SshdHost,
+)
 
 
 @pytest.fixture
@@ -30,6 +39,18 @@ def ssh_host(tmp_path: Path) -> Iterator[SshdHost | AsyncsshHost]:
     """A stand-in GPU host: real OpenSSH sshd if installed, else the in-process asyncssh server."""
     cls = SshdHost if SSHD.exists() else AsyncsshHost
     host = cls(tmp_path / "ssh").start()
+    yield host
+    host.close()
+
+
+@pytest.fixture
+def hf_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An ssh_host whose Hugging Face cache is the simulator's (small, quick downloads)."""
+    for name in ("HF_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)  # the asyncssh stand-in passes os.environ on
+    cls = HfSshdHost if SSHD.exists() else HfAsyncsshHost
+    host = cls(tmp_path / "ssh").start()
+    host.sim_config(download_bytes=4 * 2**20, download_seconds=0.5)
     yield host
     host.close()
 

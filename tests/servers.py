@@ -595,3 +595,22 @@ class SeaweedS3(_Process):
         for port in self._ports:
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 sock.unlink(missing_ok=True)
+
+
+class _HfHome:
+    """A test host whose HF_HOME is the simulator's cache (``$SPARK_SIM_DIR/hf-cache``), so the
+    cache the weights actions compute on the host is the one the simulated ``hf`` writes."""
+
+    sim_dir: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**super().env, "HF_HOME": str(self.sim_dir / "hf-cache")}  # type: ignore[misc]
+
+
+class HfSshdHost(_HfHome, SshdHost):
+    pass
+
+
+class HfAsyncsshHost(_HfHome, AsyncsshHost):
+    pass

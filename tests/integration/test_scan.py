@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,39 +18,9 @@ from app import catalog, jobs
 from app import contracts as c
 from app.bus import Bus
 from tests import stack
-from tests.servers import SSHD, AsyncsshHost, SshdHost
 from workers.scan import parse_scan, scan_script
 
 MIB = 1024 * 1024
-
-
-class _HfHome:
-    """A test host whose HF_HOME is the simulator's cache (as in test_weights.py)."""
-
-    sim_dir: Path
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**super().env, "HF_HOME": str(self.sim_dir / "hf-cache")}  # type: ignore[misc]
-
-
-class HfSshdHost(_HfHome, SshdHost):
-    pass
-
-
-class HfAsyncsshHost(_HfHome, AsyncsshHost):
-    pass
-
-
-@pytest.fixture
-def hf_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name in ("HF_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "XDG_CACHE_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    cls = HfSshdHost if SSHD.exists() else HfAsyncsshHost
-    host = cls(tmp_path / "ssh").start()
-    host.sim_config(download_bytes=4 * MIB, download_seconds=0.2)
-    yield host
-    host.close()
 
 
 @pytest.fixture

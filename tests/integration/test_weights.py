@@ -13,7 +13,6 @@ import itertools
 import json
 import logging
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,40 +24,9 @@ from app import contracts as c
 from app import jobs
 from app.bus import Bus
 from tests import stack
-from tests.servers import SSHD, AsyncsshHost, SshdHost
 from workers.weights import Progress, parse_disk, repo_of
 
 MIB = 1024 * 1024
-
-
-class _HfHome:
-    """A test host whose HF_HOME is the simulator's cache (``$SPARK_SIM_DIR/hf-cache``), so the
-    cache the actions compute on the host is the one the simulated ``hf`` writes by default."""
-
-    sim_dir: Path
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**super().env, "HF_HOME": str(self.sim_dir / "hf-cache")}  # type: ignore[misc]
-
-
-class HfSshdHost(_HfHome, SshdHost):
-    pass
-
-
-class HfAsyncsshHost(_HfHome, AsyncsshHost):
-    pass
-
-
-@pytest.fixture
-def hf_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name in ("HF_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "XDG_CACHE_HOME"):
-        monkeypatch.delenv(name, raising=False)  # the asyncssh stand-in passes os.environ on
-    cls = HfSshdHost if SSHD.exists() else HfAsyncsshHost
-    host = cls(tmp_path / "ssh").start()
-    host.sim_config(download_bytes=4 * MIB, download_seconds=0.5)
-    yield host
-    host.close()
 
 
 def _settings(tmp_path: Path, nats_server: Any, host: Any, unique: str, **kw: Any) -> Any:
