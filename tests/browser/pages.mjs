@@ -8,72 +8,19 @@
 // ({ok, console_errors, job_id, screenshots, ...}); progress goes to stderr. Exits 1 on any
 // failed check, console error, page error or HTTP error response; 2 on bad usage.
 
-import fs from 'node:fs';
-import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { PHONE, session } from './harness.mjs';
 
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--no-sandbox', '--disable-background-networking', '--disable-gpu', '--disable-quic',
-  '--no-first-run', '--disable-component-update', '--disable-sync',
-];
 const DONE_TIMEOUT_MS = 20_000;
-const PHONE = { width: 390, height: 844 };
 
 const [base, alias, outDir] = process.argv.slice(2);
 if (!base || !alias || !outDir) {
   process.stderr.write('usage: node pages.mjs <base-url> <host-alias> <out-dir>\n');
   process.exit(2);
 }
-fs.mkdirSync(outDir, { recursive: true });
 
-const summary = {
-  ok: false,
-  base,
-  alias,
-  job_id: null,
-  console_errors: [],
-  http_errors: [],
-  checks: [],
-  screenshots: [],
-  error: null,
-};
+const h = session('pages.mjs', base, outDir, { alias, job_id: null });
+const { summary, log, check, url, cssId, watch, shot, checkNoOverflow } = h;
 
-const log = (msg) => process.stderr.write(`[pages.mjs] ${msg}\n`);
-const check = (name, ok, detail = '') => {
-  summary.checks.push({ name, ok, ...(detail ? { detail } : {}) });
-  log(`${ok ? 'ok  ' : 'FAIL'} ${name}${detail ? ` (${detail})` : ''}`);
-  if (!ok) throw new Error(`check failed: ${name}${detail ? ` (${detail})` : ''}`);
-};
-const url = (p) => new URL(p, base).toString();
-const cssId = (s) => s.replace(/[^a-zA-Z0-9_-]/g, (ch) => `\\${ch}`);
-
-/** Watch a page for console errors, uncaught exceptions and HTTP error responses. */
-function watch(page, label) {
-  page.on('console', (msg) => {
-    if (msg.type() === 'error') {
-      const loc = msg.location();
-      summary.console_errors.push(
-        `${label}: ${msg.text()}${loc && loc.url ? ` @ ${loc.url}:${loc.lineNumber}` : ''}`,
-      );
-    }
-  });
-  page.on('pageerror', (err) => {
-    summary.console_errors.push(`${label}: uncaught ${err.name}: ${err.message}`);
-  });
-  page.on('response', (resp) => {
-    if (resp.status() >= 400) {
-      summary.http_errors.push(`${label}: ${resp.status()} ${resp.request().method()} ${resp.url()}`);
-    }
-  });
-}
-
-async function shot(page, name) {
-  const file = path.join(outDir, name);
-  await page.screenshot({ path: file, fullPage: true });
-  summary.screenshots.push(file);
-  log(`screenshot ${file}`);
-}
 
 /** Wait until the log under `scope` holds a "done" event; fail early on failed/cancelled. */
 async function waitForDone(page, scope, what) {
@@ -94,24 +41,11 @@ async function waitForDone(page, scope, what) {
   return kinds;
 }
 
-/** No horizontal scrolling of the whole page (wide tables scroll inside their own box). */
-async function checkNoOverflow(page, what) {
-  const { scroll, client } = await page.evaluate(() => ({
-    scroll: document.documentElement.scrollWidth,
-    client: document.documentElement.clientWidth,
-  }));
-  check(`${what}: no horizontal page overflow`, scroll <= client, `scrollWidth ${scroll}, clientWidth ${client}`);
-}
-
-let browser;
-let exitCode = 1;
-let current;
-try {
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+await h.run(async (browser, track) => {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   context.setDefaultTimeout(DONE_TIMEOUT_MS);
   const page = await context.newPage();
-  current = page;
+  track(page);
   watch(page, 'desktop');
 
   // /hosts: the tile, its Probe button, the live job panel.
@@ -164,7 +98,7 @@ try {
   const phone = await browser.newContext({ viewport: PHONE, isMobile: true, hasTouch: true });
   phone.setDefaultTimeout(DONE_TIMEOUT_MS);
   const mobile = await phone.newPage();
-  current = mobile;
+  track(mobile);
   watch(mobile, 'phone');
   await mobile.goto(url('/hosts'), { waitUntil: 'load' });
   check('phone: host tile is shown', await mobile.locator(`#host-${cssId(alias)}`).isVisible());
@@ -172,25 +106,4 @@ try {
   await shot(mobile, 'hosts-phone.png');
   await mobile.close();
   await phone.close();
-
-  check('no console errors or page errors', summary.console_errors.length === 0, summary.console_errors.join(' | '));
-  check('no HTTP error responses', summary.http_errors.length === 0, summary.http_errors.join(' | '));
-  summary.ok = true;
-  exitCode = 0;
-} catch (err) {
-  summary.error = String(err && err.stack ? err.stack : err);
-  log(summary.error);
-  if (current && !current.isClosed()) {
-    const file = path.join(outDir, 'failure.png');
-    try {
-      await current.screenshot({ path: file, fullPage: true });
-      summary.failure_screenshot = file;
-    } catch {
-      // the page may be gone with the browser
-    }
-  }
-} finally {
-  if (browser) await browser.close().catch(() => {});
-}
-process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
-process.exit(exitCode);
+}, 'failure.png');
