@@ -85,6 +85,27 @@ class Cancelled(SparkError):
     status = 409
 
 
+class Unauthorized(SparkError):
+    """No identity, or one we do not know (an unknown bearer token)."""
+
+    code = "UNAUTHORIZED"
+    status = 401
+
+
+class Forbidden(SparkError):
+    """A known caller asking for something outside what it may do (OUTSIDE_NAMESPACE, …)."""
+
+    code = "FORBIDDEN"
+    status = 403
+
+
+class StoreUnavailable(SparkError):
+    """The object store (S3) is unreachable or refused the signer's own call."""
+
+    code = "STORE_UNAVAILABLE"
+    status = 503
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
