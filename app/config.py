@@ -76,6 +76,28 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """NVIDIA NGC API key for ``nim_install``; a secret: it reaches a host only on stdin (for
     ``docker login`` and the container's environment), never in a command line, log, event or
     job record."""
+    s3_endpoint_url: str | None = None
+    """The blob signer's S3-compatible store; unset means AWS's own endpoint for the region."""
+    s3_region: str = "us-east-1"
+    s3_bucket: str | None = None
+    """Bucket of ``rel_path`` signing; the signer answers 503 STORE_UNCONFIGURED without it."""
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    """``auto``: path-style for a custom endpoint, virtual-hosted for AWS."""
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    """A secret: it stays in the signer process; never logged, shown or sent on the bus."""
+    s3_session_token: str | None = None
+    signer_tokens: dict[str, str] = msgspec.field(default_factory=dict)
+    """Bearer token → namespace for ``POST /api/v1/blob/sign`` (``tokenA=ns-a,tokenB=ns-b``);
+    secrets."""
+    signer_prefix: str = "projects/{namespace}/"
+    """Where a namespace may write: a rel_path must start with this (``{namespace}`` filled)."""
+    signer_ttl_s: int = 604_800
+    """Lifetime of presigned URLs (the SigV4 maximum, seven days, is also the ceiling)."""
+    signer_get_allow: list[str] = msgspec.field(default_factory=list)
+    """``s3://bucket/prefix/`` entries a full-``uri`` get may read; empty: none."""
+    signer_timeout_s: float = 30.0
+    """How long the web front waits for the signer's whole answer."""
 
     def __repr__(self) -> str:
         """Secrets are masked: a settings object may end up in a log or a traceback."""
@@ -102,11 +124,26 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "ssh_known_hosts": ("SSH_KNOWN_HOSTS",),
     "hf_token": ("HF_TOKEN",),
     "ngc_key": ("NGC_API_KEY",),
+    "s3_endpoint_url": ("SPARK_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "s3_region": ("SPARK_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+    "s3_bucket": ("SPARK_S3_BUCKET",),
+    "s3_access_key_id": ("AWS_ACCESS_KEY_ID",),
+    "s3_secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+    "s3_session_token": ("AWS_SESSION_TOKEN",),
+    "signer_tokens": ("SPARK_SIGNER_TOKENS",),
+    "signer_prefix": ("SPARK_SIGNER_PREFIX",),
+    "signer_ttl_s": ("SPARK_SIGNER_TTL_S",),
+    "signer_get_allow": ("SPARK_SIGNER_GET_ALLOW",),
 }
 """Earlier or conventional names, read after ``SPARK_CONTROL_<KEY>``."""
 
-LIST_FIELDS = frozenset({"webhook_urls"})
-SECRET_FIELDS = frozenset({"webhook_secret", "hf_token", "ngc_key"})
+LIST_FIELDS = frozenset({"webhook_urls", "signer_get_allow"})
+MAP_FIELDS = frozenset({"signer_tokens"})
+"""Settings given in the environment as ``key=value,key=value``."""
+SECRET_FIELDS = frozenset(
+    {"webhook_secret", "hf_token", "ngc_key", "s3_secret_access_key", "s3_session_token",
+     "signer_tokens"}
+)  # fmt: skip
 """Settings given in the environment as comma-separated lists."""
 
 _LEGACY_HOST = re.compile(r"^SPARK(\d+)_(HOST|USER|PORT)$")
@@ -145,11 +182,26 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
                 continue
             if field == "log_level":
                 out[field] = value.lower()
+            elif field in MAP_FIELDS:
+                out[field] = _env_map(name, value)
             elif field in LIST_FIELDS:
                 out[field] = [v.strip() for v in value.split(",") if v.strip()]
             else:
                 out[field] = value
             break
+    return out
+
+
+def _env_map(name: str, value: str) -> dict[str, str]:
+    """``a=x,b=y`` → {a: x, b: y}; a bad entry is named by position, never by its text."""
+    out: dict[str, str] = {}
+    for i, entry in enumerate(e.strip() for e in value.split(",")):
+        key, sep, val = entry.partition("=")
+        if not entry:
+            continue
+        if not sep or not key.strip() or not val.strip():
+            raise ConfigError(f"{name}: entry {i + 1}: expected key=value")
+        out[key.strip()] = val.strip()
     return out
 
 
@@ -207,6 +259,7 @@ def _validate(s: Settings, source: str) -> Settings:
             check_local_path(s.cluster_script, field="cluster_script")
         except BadRequest as exc:
             raise ConfigError(f"{source}: {exc.message}") from exc
+    _validate_signer(s, source)
     if not 1 <= s.stream_replicas <= 5:
         raise ConfigError(f"{source}: stream_replicas: must be 1..5")
     for name in (
@@ -219,6 +272,25 @@ def _validate(s: Settings, source: str) -> Settings:
         if getattr(s, name) <= 0:
             raise ConfigError(f"{source}: {name}: must be > 0")
     return s
+
+
+def _validate_signer(s: Settings, source: str) -> None:
+    for i, namespace in enumerate(s.signer_tokens.values()):
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", namespace):
+            raise ConfigError(
+                f"{source}: signer_tokens[{i + 1}]: namespace must match [A-Za-z0-9_-]{{1,64}}"
+            )
+    if "{namespace}" not in s.signer_prefix or not s.signer_prefix.endswith("/"):
+        raise ConfigError(f"{source}: signer_prefix: must contain {{namespace}} and end with '/'")
+    if not 1 <= s.signer_ttl_s <= 604_800:
+        raise ConfigError(f"{source}: signer_ttl_s: must be 1..604800")
+    for i, entry in enumerate(s.signer_get_allow):
+        if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S*", entry):
+            raise ConfigError(f"{source}: signer_get_allow[{i}]: must be s3://bucket/prefix")
+    if s.s3_endpoint_url and not s.s3_endpoint_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{source}: s3_endpoint_url: must be an http(s) URL")
+    if s.signer_timeout_s <= 0:
+        raise ConfigError(f"{source}: signer_timeout_s: must be > 0")
 
 
 def load_settings(path: str | None = None, env: Mapping[str, str] | None = None) -> Settings:

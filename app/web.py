@@ -21,7 +21,7 @@ from app import filters
 from app.bus import Bus, connect
 from app.config import Settings
 from app.errors import SparkError, error_body
-from app.routes import api, coordination, models, pages, services, swap
+from app.routes import api, blob, coordination, models, pages, services, swap
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ def create_app(settings: Settings, bus: Bus | None = None) -> Litestar:
             *swap.ROUTES,
             *coordination.ROUTES,
             *services.ROUTES,
+            *blob.ROUTES,
             *pages.ROUTES,
             create_static_files_router(path="/static", directories=[PACKAGE / "static"]),
         ],

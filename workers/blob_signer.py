@@ -1,20 +1,99 @@
-"""The blob-signer worker. For now it only joins the service registry; the signing endpoint
-(``spark.cmd.blob.sign.<namespace>``) arrives with the signer issue."""
+"""The blob-signer worker: answers ``spark.cmd.blob.sign.<namespace>`` (a NATS micro service in
+the ``spark-blob-signer`` queue group; run any number of replicas).
+
+The namespace is the subject's last token; NATS permissions fence who may publish to which.
+Answers over the server's max payload go back in chunks (app/signer/chunks.py). Every signing
+is audited on ``spark.evt.blob.<namespace>.signed`` before the answer leaves; the S3 secret
+never leaves this process.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig
 
 from app import contracts as c
 from app.bus import Bus
 from app.config import Settings
+from app.errors import BadRequest, SparkError
+from app.signer import chunks
+from app.signer.service import Audit, Signer
+from app.signer.shapes import ErrorAnswer
 from workers.runtime import register, run_until_stopped
+
+log = logging.getLogger(__name__)
 
 
 async def start(bus: Bus, settings: Settings, worker: str) -> Callable[[], Awaitable[None]]:
+    signer = Signer(settings)
+    await signer.open()
     service = await register(bus, c.SIGNER_SERVICE, worker, "presigns S3 URLs per namespace")
-    return service.stop
+
+    async def handle(req: Request) -> None:
+        await answer(bus, signer, worker, req)
+
+    await service.add_endpoint(
+        EndpointConfig(
+            name=c.BLOB_SIGN_ENDPOINT,
+            subject=c.BLOB_SIGN_WILDCARD,
+            queue_group=c.SIGNER_QUEUE,
+            handler=handle,
+        )
+    )
+
+    async def teardown() -> None:
+        await service.stop()
+        await signer.close()
+
+    return teardown
+
+
+async def answer(bus: Bus, signer: Signer, worker: str, req: Request) -> None:
+    """Sign, audit, reply; a refusal is one error message. Never raises (a bad message must not
+    stop the worker)."""
+    try:
+        try:
+            namespace = c.parse_blob_sign_subject(req.subject)
+        except c.BadToken as exc:
+            raise BadRequest("bad namespace in subject", code="BAD_NAMESPACE") from exc
+        result, audit = await signer.sign(namespace, req.data)
+        await bus.publish_event(c.evt_blob(namespace, "signed"), audit_event(audit, worker))
+        for headers, data in chunks.split(msgspec.json.encode(result), bus.nc.max_payload):
+            await req.respond(data, headers=headers)  # each publishes to the reply subject
+    except SparkError as exc:
+        await _refuse(req, exc)
+    except Exception:
+        log.exception("blob signer failed on %s", req.subject)
+        await _refuse(req, SparkError("internal error in the blob signer"))
+
+
+async def _refuse(req: Request, exc: SparkError) -> None:
+    body = msgspec.json.encode(ErrorAnswer(error=exc.message, code=exc.code, status=exc.status))
+    with contextlib.suppress(ValueError):  # no reply subject: nobody to tell
+        await req.respond_error(str(exc.status), exc.code, data=body)
+
+
+def audit_event(audit: Audit, worker: str) -> c.Event:
+    """The audit record: who, where, what; never a URL, signature or upload id."""
+    return c.Event(
+        kind="signed",
+        ts=c.now(),
+        worker=worker,
+        data={
+            "namespace": audit.namespace,
+            "bucket": audit.bucket,
+            "key": audit.key,
+            "op": audit.op,
+            "parts": audit.parts,
+            "expires_at": audit.expires_at,
+        },
+    )
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:

@@ -1,0 +1,457 @@
+"""The blob signer end to end: HTTP front → NATS → signer worker → SeaweedFS, which checks
+every signature. Multipart and single uploads through the signed URLs, refusals by the store,
+every rule with its status and code, both request shapes, a chunked 10,000-part answer."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aioboto3
+import httpx
+import msgspec
+import pytest
+from botocore.config import Config
+
+from app import contracts as c
+from app.bus import connect
+from app.config import HostConfig, Settings
+from app.signer.sigv4 import Credentials, Presigner
+from tests import stack
+from tests.servers import SeaweedS3, free_port
+
+MIB = 2**20
+TOKENS = {"tok-a-0123456789": "ns-a", "tok-b-0123456789": "ns-b"}
+
+
+def admin_s3(store: SeaweedS3) -> Any:
+    session = aioboto3.Session(
+        aws_access_key_id=store.access_key,
+        aws_secret_access_key=store.secret_key,
+        region_name=store.region,
+    )
+    cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1})
+    return session.client("s3", endpoint_url=store.endpoint_url, config=cfg)
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_store: SeaweedS3) -> Iterator[str]:
+    name = "signer-" + os.urandom(3).hex()
+
+    async def create() -> None:
+        async with admin_s3(s3_store) as s3:
+            await s3.create_bucket(Bucket=name)
+            await s3.create_bucket(Bucket=name + "-pub")
+            await s3.put_object(Bucket=name + "-pub", Key="shared/parent.bin", Body=b"parent")
+            await s3.put_object(Bucket=name + "-pub", Key="private/x.bin", Body=b"private")
+
+    asyncio.run(create())
+    yield name
+
+
+def signer_settings(
+    tmp_path: Path, nats_url: str, store: SeaweedS3, bucket: str, **kw: Any
+) -> Settings:
+    base: dict[str, Any] = dict(
+        s3_endpoint_url=store.endpoint_url,
+        s3_region=store.region,
+        s3_bucket=bucket,
+        s3_access_key_id=store.access_key,
+        s3_secret_access_key=store.secret_key,
+        signer_tokens=dict(TOKENS),
+        signer_get_allow=[f"s3://{bucket}-pub/shared/"],
+    )
+    base.update(kw)
+    local = HostConfig(alias="local", address="localhost", transport="local")
+    return stack.make_settings(tmp_path / "data", nats_url, [local], **base)
+
+
+@pytest.fixture
+async def front(
+    tmp_path: Path, nats_server: Any, s3_store: SeaweedS3, bucket: str
+) -> AsyncIterator[tuple[str, Settings]]:
+    settings = signer_settings(tmp_path, nats_server.url, s3_store, bucket)
+    async with stack.signer(settings), stack.web(settings) as base:
+        yield base, settings
+
+
+def auth(token: str = "tok-a-0123456789") -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def sign(
+    client: httpx.AsyncClient, base: str, body: Any, token: str = "tok-a-0123456789"
+) -> httpx.Response:
+    return await client.post(f"{base}/api/v1/blob/sign", json=body, headers=auth(token))
+
+
+def complete_xml(etags: list[str]) -> bytes:
+    parts = "".join(
+        f"<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
+        for n, etag in enumerate(etags, start=1)
+    )
+    return f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
+
+
+async def test_multipart_upload_through_signed_urls(
+    front: tuple[str, Settings], s3_store: SeaweedS3
+) -> None:
+    base, settings = front
+    data = os.urandom(5 * MIB) + os.urandom(5 * MIB) + os.urandom(123_457)
+    async with httpx.AsyncClient(timeout=60) as client:
+        r = await sign(
+            client,
+            base,
+            {
+                "rel_path": "projects/ns-a/models/m1/model.safetensors",
+                "op": {"kind": "multipart_put", "parts": 3, "part_size_bytes": 5 * MIB},
+            },
+        )
+        assert r.status_code == 200, r.text
+        ans = r.json()
+        assert ans["kind"] == "s3_multipart"
+        assert ans["uri"] == f"s3://{settings.s3_bucket}/projects/ns-a/models/m1/model.safetensors"
+        assert ans["partSizeBytes"] == 5 * MIB and len(ans["partUrls"]) == 3
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ans["expiresAt"])
+        etags = []
+        for n, url in enumerate(ans["partUrls"]):
+            chunk = data[n * 5 * MIB : (n + 1) * 5 * MIB]
+            put = await client.put(url, content=chunk)
+            assert put.status_code == 200, put.text
+            etags.append(put.headers["etag"])
+        listed = await client.get(ans["listPartsUrl"])
+        assert listed.status_code == 200 and listed.text.count("<PartNumber>") == 3
+        done = await client.post(ans["completeUrl"], content=complete_xml(etags))
+        assert done.status_code == 200 and "<Error>" not in done.text, done.text
+        got = await sign(
+            client,
+            base,
+            {"rel_path": "projects/ns-a/models/m1/model.safetensors", "op": {"kind": "single_get"}},
+        )
+        body = (await client.get(got.json()["url"])).content
+    assert len(body) == len(data) and hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+    async with admin_s3(s3_store) as s3:
+        head = await s3.head_object(
+            Bucket=settings.s3_bucket, Key="projects/ns-a/models/m1/model.safetensors"
+        )
+        assert head["ContentLength"] == len(data)
+
+
+async def test_abort_url_ends_the_upload(front: tuple[str, Settings]) -> None:
+    base, _ = front
+    async with httpx.AsyncClient(timeout=30) as client:
+        ans = (
+            await sign(
+                client,
+                base,
+                {
+                    "target": {"kind": "artifact", "rel_path": "projects/ns-a/aborted.bin"},
+                    "op": {
+                        "kind": "put_artifact",
+                        "multipart_hint": {"max_parts": 2, "part_size_bytes": 64 * MIB},
+                    },
+                },
+            )
+        ).json()
+        assert ans["kind"] == "s3_multipart" and len(ans["partUrls"]) == 2
+        assert (await client.put(ans["partUrls"][0], content=b"x" * 1000)).status_code == 200
+        assert (await client.delete(ans["abortUrl"])).status_code == 204
+        after = await client.put(ans["partUrls"][1], content=b"y" * 1000)
+        assert after.status_code == 404 and "NoSuchUpload" in after.text
+
+
+async def test_single_put_and_get_both_shapes(front: tuple[str, Settings]) -> None:
+    base, settings = front
+    payload = os.urandom(4096)
+    async with httpx.AsyncClient(timeout=30) as client:
+        put = (
+            await sign(
+                client, base, {"rel_path": "projects/ns-a/one.bin", "op": {"kind": "single_put"}}
+            )
+        ).json()
+        assert put["kind"] == "single_put" and put["method"] == "PUT" and put["headers"] == {}
+        assert (await client.put(put["url"], content=payload)).status_code == 200
+        put2 = (
+            await sign(
+                client,
+                base,
+                {
+                    "target": {"kind": "artifact", "rel_path": "projects/ns-a/two.bin"},
+                    "op": {"kind": "put_artifact"},
+                },
+            )
+        ).json()
+        assert put2["kind"] == "single_put"
+        assert (await client.put(put2["url"], content=payload[::-1])).status_code == 200
+        get = (
+            await sign(
+                client,
+                base,
+                {
+                    "target": {
+                        "kind": "blob",
+                        "uri": f"s3://{settings.s3_bucket}-pub/shared/parent.bin",
+                    },
+                    "op": {"kind": "get_blob"},
+                },
+            )
+        ).json()
+        assert get["kind"] == "single_get" and get["method"] == "GET"
+        assert (await client.get(get["url"])).content == b"parent"
+        get2 = (
+            await sign(
+                client,
+                base,
+                {
+                    "uri": f"s3://{settings.s3_bucket}-pub/shared/parent.bin",
+                    "op": {"kind": "single_get"},
+                },
+            )
+        ).json()
+        assert (await client.get(get2["url"])).content == b"parent"
+        mine = (
+            await sign(
+                client, base, {"rel_path": "projects/ns-a/one.bin", "op": {"kind": "single_get"}}
+            )
+        ).json()
+        assert (await client.get(mine["url"])).content == payload
+
+
+async def test_store_refuses_tampered_expired_other_key_other_part(
+    front: tuple[str, Settings], s3_store: SeaweedS3
+) -> None:
+    base, settings = front
+    bucket = settings.s3_bucket
+    assert bucket
+    async with httpx.AsyncClient(timeout=30) as client:
+        ans = (
+            await sign(
+                client,
+                base,
+                {
+                    "rel_path": "projects/ns-a/t.bin",
+                    "op": {"kind": "multipart_put", "parts": 2, "part_size_bytes": 5 * MIB},
+                },
+            )
+        ).json()
+        part1 = ans["partUrls"][0]
+        sig = part1[-64:]
+        tampered = part1[:-64] + ("0" if sig[0] != "0" else "1") + sig[1:]
+        other_part = part1.replace("partNumber=1&", "partNumber=2&")
+        other_key = part1.replace("/t.bin?", "/u.bin?")
+        longer = part1.replace("X-Amz-Expires=604800", "X-Amz-Expires=604799")
+        for url in (tampered, other_part, other_key, longer):
+            r = await client.put(url, content=b"z" * 100)
+            assert r.status_code == 403, (url, r.status_code, r.text)
+        assert (await client.put(part1, content=b"z" * 100)).status_code == 200
+        # a URL whose clock ran out: signed two hours ago for one minute
+        presigner = Presigner(
+            Credentials(s3_store.access_key, s3_store.secret_key),
+            s3_store.region,
+            s3_store.endpoint_url,
+        )
+        old = presigner.get_url(f"{bucket}-pub", "shared/parent.bin", 60, now=time.time() - 7200)
+        fresh = presigner.get_url(f"{bucket}-pub", "shared/parent.bin", 60)
+        expired = await client.get(old)
+        assert expired.status_code == 403, expired.text
+        assert (await client.get(fresh)).content == b"parent"
+        wrong_secret = Presigner(
+            Credentials(s3_store.access_key, "not-the-secret"),
+            s3_store.region,
+            s3_store.endpoint_url,
+        )
+        assert (
+            await client.get(wrong_secret.get_url(f"{bucket}-pub", "shared/parent.bin", 60))
+        ).status_code == 403
+
+
+def mp(parts: int, size: int = 5 * MIB) -> dict[str, Any]:
+    return {"kind": "multipart_put", "parts": parts, "part_size_bytes": size}
+
+
+PUT, GET = {"kind": "single_put"}, {"kind": "single_get"}
+A = "projects/ns-a/x"
+PUB = "s3://BUCKET-pub/shared/x"
+HINT = {"max_parts": 20_000, "part_size_bytes": 64 * MIB}
+RULES: list[tuple[dict[str, Any] | bytes, int, str]] = [
+    ({"rel_path": "projects/ns-b/x.bin", "op": PUT}, 403, "OUTSIDE_NAMESPACE"),
+    ({"rel_path": "elsewhere/x.bin", "op": GET}, 403, "OUTSIDE_NAMESPACE"),
+    ({"rel_path": "projects/ns-a/../ns-b/x", "op": PUT}, 400, "BAD_PATH"),
+    ({"rel_path": "/projects/ns-a/x", "op": PUT}, 400, "BAD_PATH"),
+    ({"rel_path": "projects/ns-a//x", "op": PUT}, 400, "BAD_PATH"),
+    ({"rel_path": "projects/ns-a/./x", "op": PUT}, 400, "BAD_PATH"),
+    ({"rel_path": "projects\\ns-a\\x", "op": PUT}, 400, "BAD_PATH"),
+    ({"rel_path": "projects/ns-a/a\u0007b", "op": PUT}, 400, "BAD_PATH"),
+    ({"rel_path": "projects/ns-a/%2e%2e/ns-b/x", "op": PUT}, 400, "BAD_PATH"),
+    ({"rel_path": "projects/ns-a/" + "k" * 1020, "op": PUT}, 400, "BAD_PATH"),
+    ({"rel_path": A, "op": mp(10_001)}, 400, "TOO_MANY_PARTS"),
+    ({"rel_path": A, "op": mp(0)}, 400, "BAD_PARTS"),
+    ({"rel_path": A, "op": mp(-3)}, 400, "BAD_PARTS"),
+    ({"rel_path": A, "op": mp(2, MIB)}, 400, "BAD_PART_SIZE"),
+    ({"rel_path": A, "op": mp(2, 6 * 2**30)}, 400, "BAD_PART_SIZE"),
+    (
+        {"target": {"kind": "artifact", "rel_path": A},
+         "op": {"kind": "put_artifact", "multipart_hint": HINT}},
+        400, "TOO_MANY_PARTS",
+    ),
+    ({"uri": PUB, "op": PUT}, 400, "URI_WRITE_FORBIDDEN"),
+    ({"target": {"kind": "blob", "uri": PUB}, "op": {"kind": "put_artifact"}}, 400,
+     "URI_WRITE_FORBIDDEN"),
+    ({"uri": PUB, "op": mp(1)}, 400, "URI_WRITE_FORBIDDEN"),
+    ({"uri": "s3://BUCKET-pub/private/x.bin", "op": GET}, 403, "NOT_ALLOWED"),
+    ({"uri": "s3://BUCKET/projects/ns-b/x", "op": GET}, 403, "NOT_ALLOWED"),
+    ({"uri": "s3://BUCKET-pub/shared/../private/x.bin", "op": GET}, 400, "BAD_URI"),
+    ({"uri": "https://example.com/x", "op": GET}, 400, "BAD_URI"),
+    ({"rel_path": A, "uri": PUB, "op": GET}, 400, "BAD_TARGET"),
+    ({"op": GET}, 400, "BAD_TARGET"),
+    ({"rel_path": A, "op": {"kind": "delete_everything"}}, 400, "BAD_REQUEST"),
+    ({"rel_path": A, "op": PUT, "namespace": "ns-b"}, 400, "BAD_REQUEST"),
+    (b"{not json", 400, "BAD_REQUEST"),
+]  # fmt: skip
+
+
+async def test_every_rule_with_its_status_and_code(front: tuple[str, Settings]) -> None:
+    base, settings = front
+    async with httpx.AsyncClient(timeout=30) as client:
+        for body, status, code in RULES:
+            if isinstance(body, bytes):
+                r = await client.post(f"{base}/api/v1/blob/sign", content=body, headers=auth())
+            else:
+                text = (
+                    msgspec.json.encode(body).decode().replace("BUCKET", settings.s3_bucket or "")
+                )
+                r = await client.post(f"{base}/api/v1/blob/sign", content=text, headers=auth())
+            assert (r.status_code, r.json().get("code")) == (status, code), (body, r.text)
+            assert set(r.json()) == {"error", "code"}
+        ok = {"rel_path": "projects/ns-a/x", "op": {"kind": "single_put"}}
+        for headers in (
+            {},
+            {"Authorization": "Bearer nope"},
+            {"Authorization": "Basic tok-a-0123456789"},
+            {"Authorization": "Bearer"},
+        ):
+            r = await client.post(f"{base}/api/v1/blob/sign", json=ok, headers=headers)
+            assert r.status_code == 401 and r.json()["code"] == "UNAUTHORIZED"
+        # token B signs only under B's prefix
+        assert (await sign(client, base, ok, token="tok-b-0123456789")).json()[
+            "code"
+        ] == "OUTSIDE_NAMESPACE"
+        ok_b = {"rel_path": "projects/ns-b/x", "op": {"kind": "single_put"}}
+        assert (await sign(client, base, ok_b, token="tok-b-0123456789")).status_code == 200
+
+
+async def test_store_unreachable_is_503_and_no_signer_is_503(
+    tmp_path: Path, nats_server: Any, s3_store: SeaweedS3, bucket: str
+) -> None:
+    dead = signer_settings(
+        tmp_path,
+        nats_server.url,
+        s3_store,
+        bucket,
+        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+    )
+    multipart = {
+        "rel_path": "projects/ns-a/x",
+        "op": {"kind": "multipart_put", "parts": 2, "part_size_bytes": 5 * MIB},
+    }
+    async with stack.web(dead) as base, httpx.AsyncClient(timeout=60) as client:
+        r = await sign(client, base, multipart)
+        assert (r.status_code, r.json()["code"]) == (503, "SIGNER_UNAVAILABLE")
+        async with stack.signer(dead):
+            r = await sign(client, base, multipart)
+            assert (r.status_code, r.json()["code"]) == (503, "STORE_UNAVAILABLE"), r.text
+            assert s3_store.secret_key not in r.text
+
+
+async def test_chunked_10000_part_answer_over_nats_and_audit(
+    front: tuple[str, Settings], s3_store: SeaweedS3
+) -> None:
+    _, settings = front
+    bus = await connect(settings, name="test-client")
+    try:
+        audit = await bus.js.subscribe(c.evt_blob("ns-a", "signed"), ordered_consumer=True)
+        inbox = bus.nc.new_inbox()
+        sub = await bus.nc.subscribe(inbox)
+        body = msgspec.json.encode(
+            {
+                "rel_path": "projects/ns-a/big/weights.bin",
+                "op": {"kind": "multipart_put", "parts": 10_000, "part_size_bytes": 64 * MIB},
+            }
+        )
+        await bus.nc.publish(c.blob_sign("ns-a"), body, reply=inbox)
+        first = await sub.next_msg(timeout=30)
+        headers = first.headers or {}
+        total = int(headers[c.CHUNKS_HEADER])
+        msgs = [first] + [await sub.next_msg(timeout=30) for _ in range(total - 1)]
+        assert total > 1
+        assert [int((m.headers or {})[c.CHUNK_HEADER]) for m in msgs] == list(range(total))
+        assert all(len(m.data) <= bus.nc.max_payload for m in msgs)
+        whole = b"".join(m.data for m in msgs)
+        assert (msgs[-1].headers or {})[c.CHUNK_SHA_HEADER] == hashlib.sha256(whole).hexdigest()
+        assert len(whole) > bus.nc.max_payload
+        ans = msgspec.json.decode(whole)
+        urls = ans["partUrls"]
+        assert len(urls) == 10_000
+        # exactly the URLs a fresh presigner makes for that upload at that second
+        query = parse_qs(urlsplit(urls[0]).query)
+        stamp = time.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
+        now = float(time.mktime(stamp) - time.timezone)
+        ref = Presigner(
+            Credentials(s3_store.access_key, s3_store.secret_key),
+            s3_store.region,
+            s3_store.endpoint_url,
+        )
+        assert urls == ref.part_urls(
+            settings.s3_bucket or "",
+            "projects/ns-a/big/weights.bin",
+            ans["uploadId"],
+            10_000,
+            settings.signer_ttl_s,
+            now,
+        )
+        async with httpx.AsyncClient(timeout=30) as client:
+            assert (await client.put(urls[-1], content=b"last part")).status_code == 200
+        event = await audit.next_msg(timeout=10)
+        raw = event.data.decode()
+        data = msgspec.json.decode(event.data)["data"]
+        assert data["namespace"] == "ns-a" and data["op"] == "multipart_put"
+        assert data["key"] == "projects/ns-a/big/weights.bin" and data["parts"] == 10_000
+        for secret in ("X-Amz-Signature", "http", ans["uploadId"], s3_store.secret_key):
+            assert secret not in raw
+        # on the bus the subject is the namespace: ns-b cannot write under ns-a
+        inbox2 = bus.nc.new_inbox()
+        sub2 = await bus.nc.subscribe(inbox2)
+        one = msgspec.json.encode({"rel_path": "projects/ns-a/x", "op": {"kind": "single_put"}})
+        await bus.nc.publish(c.blob_sign("ns-b"), one, reply=inbox2)
+        refused = await sub2.next_msg(timeout=10)
+        assert (refused.headers or {})["Nats-Service-Error"] == "OUTSIDE_NAMESPACE"
+        assert (refused.headers or {})["Nats-Service-Error-Code"] == "403"
+    finally:
+        await bus.close()
+
+
+async def test_http_10000_parts_end_to_end(front: tuple[str, Settings]) -> None:
+    base, _ = front
+    async with httpx.AsyncClient(timeout=60) as client:
+        r = await sign(
+            client,
+            base,
+            {
+                "rel_path": "projects/ns-a/big2.bin",
+                "op": {"kind": "multipart_put", "parts": 10_000, "part_size_bytes": 64 * MIB},
+            },
+        )
+        assert r.status_code == 200
+        urls = r.json()["partUrls"]
+        assert len(urls) == 10_000 and len(set(urls)) == 10_000
+        assert [int(parse_qs(urlsplit(u).query)["partNumber"][0]) for u in urls] == list(
+            range(1, 10_001)
+        )
+        assert (await client.put(urls[4999], content=b"middle")).status_code == 200
