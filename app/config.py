@@ -98,6 +98,22 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``s3://bucket/prefix/`` entries a full-``uri`` get may read; empty: none."""
     signer_timeout_s: float = 30.0
     """How long the web front waits for the signer's whole answer."""
+    upstreams: list[str] = msgspec.field(default_factory=list)
+    """Externally managed OpenAI-compatible servers (``SPARK_UPSTREAMS``): the /v1 proxy asks
+    each its ``/v1/models`` and routes the names it reports there."""
+    upstream_poll_s: float = 15.0
+    """How often the proxy re-reads each external upstream's ``/v1/models``."""
+    proxy_timeout_s: float = 1800.0
+    """Longest wait for an upstream's next bytes (generation can be slow)."""
+    proxy_upload_max_bytes: int = 200 * 1024 * 1024
+    """Largest audio upload streamed through ``/v1/audio/transcriptions`` (over it: 413)."""
+    proxy_queue_limit: int = 64
+    """Requests that may wait for an on-demand swap at once; more get 503 with Retry-After."""
+    proxy_min_residency_s: float = 60.0
+    """An on-demand model stays at least this long before another may replace it."""
+    proxy_max_wait_s: float = 30.0
+    """Ageing: a queued model waiting this long stops new requests to the loaded one (which
+    drains), so alternating clients batch instead of thrashing."""
 
     def __repr__(self) -> str:
         """Secrets are masked: a settings object may end up in a log or a traceback."""
@@ -124,6 +140,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "ssh_known_hosts": ("SSH_KNOWN_HOSTS",),
     "hf_token": ("HF_TOKEN",),
     "ngc_key": ("NGC_API_KEY",),
+    "upstreams": ("SPARK_UPSTREAMS",),
     "s3_endpoint_url": ("SPARK_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
     "s3_region": ("SPARK_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
     "s3_bucket": ("SPARK_S3_BUCKET",),
@@ -137,7 +154,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
 }
 """Earlier or conventional names, read after ``SPARK_CONTROL_<KEY>``."""
 
-LIST_FIELDS = frozenset({"webhook_urls", "signer_get_allow"})
+LIST_FIELDS = frozenset({"webhook_urls", "upstreams", "signer_get_allow"})
 MAP_FIELDS = frozenset({"signer_tokens"})
 """Settings given in the environment as ``key=value,key=value``."""
 SECRET_FIELDS = frozenset(
@@ -260,6 +277,11 @@ def _validate(s: Settings, source: str) -> Settings:
         except BadRequest as exc:
             raise ConfigError(f"{source}: {exc.message}") from exc
     _validate_signer(s, source)
+    for i, url in enumerate(s.upstreams):
+        if not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url):
+            raise ConfigError(f"{source}: upstreams[{i}]: must be an http(s) URL")
+    if s.proxy_queue_limit < 0:
+        raise ConfigError(f"{source}: proxy_queue_limit: must be >= 0")
     if not 1 <= s.stream_replicas <= 5:
         raise ConfigError(f"{source}: stream_replicas: must be 1..5")
     for name in (
@@ -268,6 +290,9 @@ def _validate(s: Settings, source: str) -> Settings:
         "ack_wait_s",
         "dedupe_window_s",
         "event_max_age_days",
+        "upstream_poll_s",
+        "proxy_timeout_s",
+        "proxy_upload_max_bytes",
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{source}: {name}: must be > 0")

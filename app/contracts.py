@@ -116,6 +116,11 @@ def evt_host(host: str, kind: str) -> str:
     return f"{ROOT}.evt.host.{host_alias(host)}.{token(kind, 'kind')}"
 
 
+def evt_proxy(kind: str) -> str:
+    """Events of the /v1 proxy: ``spark.evt.proxy.<kind>`` (``stats``: per-model figures)."""
+    return f"{ROOT}.evt.proxy.{token(kind, 'kind')}"
+
+
 def blob_sign(namespace: str) -> str:
     """Request/reply of the blob signer for one namespace."""
     return f"{ROOT}.cmd.blob.sign.{token(namespace, 'namespace')}"
@@ -302,6 +307,20 @@ class ModelState(msgspec.Struct, kw_only=True):
     port: int | None = None
     since: float = 0.0
     job_id: str | None = None
+
+
+class ProxyModelStats(msgspec.Struct, kw_only=True):
+    """What the /v1 proxy measured for one model since it started (``data`` of a
+    ``spark.evt.proxy.stats`` event, keyed by model name)."""
+
+    requests: int = 0
+    errors: int = 0
+    in_flight: int = 0
+    ttfb_ms_p50: float | None = None
+    ttfb_ms_p99: float | None = None
+    completion_tokens: int = 0
+    tokens_per_s: float | None = None
+    swaps: int = 0
 
 
 def encode(obj: Any) -> bytes:

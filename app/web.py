@@ -21,7 +21,8 @@ from app import filters
 from app.bus import Bus, connect
 from app.config import Settings
 from app.errors import SparkError, error_body
-from app.routes import api, blob, coordination, models, pages, services, swap
+from app.proxy.core import lifespan as proxy_lifespan
+from app.routes import api, blob, coordination, models, pages, services, swap, v1
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,11 @@ def create_app(settings: Settings, bus: Bus | None = None) -> Litestar:
             *coordination.ROUTES,
             *services.ROUTES,
             *blob.ROUTES,
+            *v1.ROUTES,
             *pages.ROUTES,
             create_static_files_router(path="/static", directories=[PACKAGE / "static"]),
         ],
-        lifespan=[lifespan],
+        lifespan=[lifespan, proxy_lifespan],
         exception_handlers={
             SparkError: on_spark_error,
             HTTPException: on_http_error,

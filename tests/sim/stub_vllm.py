@@ -9,6 +9,8 @@ It prints vLLM-like start-up lines over ``--delay`` seconds, binds its port only
     GET  /version, /metrics      vLLM's version; a few Prometheus gauges
     POST /v1/chat/completions    JSON with usage, or ``"stream": true`` as SSE chunks
     POST /v1/completions           ending ``data: [DONE]``
+    POST /v1/embeddings, /v1/rerank, /v1/audio/transcriptions, /v1/audio/speech (as the
+         embeddings and speech services answer; ``wedge`` makes the speech routes 500)
 
 Replies are deterministic: the words of ``--reply`` (one "token" per word), cut at
 ``max_tokens``. Failure modes (``--fail-mode``): ``crash`` exits 1 half-way through start-up,
@@ -351,6 +353,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(int(self.headers.get("content-length") or 0))
             self._send(200, {})
             return
+        if path in EXTRA_ROUTES:
+            EXTRA_ROUTES[path](self)
+            return
         if path not in ("/v1/chat/completions", "/v1/completions"):
             self._send(404, {"detail": "Not Found"})
             return
@@ -461,6 +466,89 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         self._access(200)
+
+
+def _read_body(h: _Handler) -> bytes:
+    """The request body, Content-Length or chunked."""
+    if h.headers.get("transfer-encoding", "").lower() == "chunked":
+        out = bytearray()
+        while True:
+            size = int(h.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                h.rfile.readline()
+                return bytes(out)
+            out += h.rfile.read(size)
+            h.rfile.readline()
+    length = int(h.headers.get("content-length") or 0)
+    return h.rfile.read(length) if length else b""
+
+
+def _embeddings(h: _Handler) -> None:
+    """``{input}`` → an OpenAI list of 4-dimensional vectors (deterministic)."""
+    req = json.loads(_read_body(h) or b"{}")
+    items = req.get("input")
+    items = items if isinstance(items, list) else [items]
+    data = [
+        {"object": "embedding", "index": i, "embedding": [len(str(x)) / 10, i, 0.5, 1.0]}
+        for i, x in enumerate(items)
+    ]
+    usage = {"prompt_tokens": _count(items), "total_tokens": _count(items)}
+    model = req.get("model") or h.stub.names[0]
+    h._send(200, {"object": "list", "data": data, "model": model, "usage": usage})
+
+
+def _rerank(h: _Handler) -> None:
+    """``{query, documents, top_n}`` → results by shared words with the query."""
+    req = json.loads(_read_body(h) or b"{}")
+    query = set(str(req.get("query", "")).lower().split())
+    docs = [str(d) for d in req.get("documents") or []]
+    scored = [
+        {"index": i, "relevance_score": len(query & set(d.lower().split())) / (len(query) or 1)}
+        for i, d in enumerate(docs)
+    ]
+    scored.sort(key=lambda r: -r["relevance_score"])
+    h._send(200, {"results": scored[: req.get("top_n") or len(scored)]})
+
+
+def _transcriptions(h: _Handler) -> None:
+    """A multipart upload read as it arrives: the reply names the bytes received."""
+    if h.stub.a.fail_mode == "wedge" and h.stub.wedged:
+        h._error(500, "CUFFT_INTERNAL_ERROR", "InternalServerError")
+        return
+    body = _read_body(h)
+    h._send(200, {"text": f"received {len(body)} bytes", "bytes": len(body)})
+
+
+def _speech(h: _Handler) -> None:
+    """Audio streamed back in chunks (``--token-delay`` apart): 8 chunks of 4 KiB."""
+    _read_body(h)
+    if h.stub.a.fail_mode == "wedge" and h.stub.wedged:
+        h._error(500, "speech engine failed", "InternalServerError")
+        return
+    h.send_response(200)
+    h.send_header("content-type", "audio/mpeg")
+    h.send_header("transfer-encoding", "chunked")
+    h.end_headers()
+    try:
+        for i in range(8):
+            if h.stub.a.token_delay:
+                time.sleep(h.stub.a.token_delay)
+            data = bytes([i]) * 4096
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            h.wfile.flush()
+        h.wfile.write(b"0\r\n\r\n")
+        h.wfile.flush()
+    except (BrokenPipeError, ConnectionResetError):
+        h.close_connection = True
+
+
+EXTRA_ROUTES = {
+    "/v1/embeddings": _embeddings,
+    "/v1/rerank": _rerank,
+    "/v1/audio/transcriptions": _transcriptions,
+    "/v1/audio/speech": _speech,
+}
+"""Beyond vLLM's chat and completions: what the embeddings and speech services answer."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,0 +1,307 @@
+"""The proxy's parts assembled (router, upstream client, on-demand scheduler, figures) and the
+flow of one request: resolve the name → hold a claim on the model (waiting for a swap when
+needed) → forward → relay the response.
+
+``forward_json`` is the one function that forwards a JSON request (chat, completions,
+embeddings, rerank, speech). It takes an optional ``body_transform`` (request bytes → request
+bytes, before routing) and ``chunk_transform`` (response stream → response stream): the seam
+where the redaction gateway hooks "redacted chat" in without touching the passthrough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+
+from app.bus import Bus
+from app.config import Settings
+from app.errors import BadRequest, SparkError
+from app.proxy import forward as fw
+from app.proxy.errors import Busy, ModelNotLoaded, SwapFailed, UnknownModel
+from app.proxy.metrics import Metrics, completion_tokens
+from app.proxy.ondemand import Lease, Scheduler
+from app.proxy.router import Router, Target
+
+log = logging.getLogger(__name__)
+
+BodyTransform = Callable[[bytes], Awaitable[bytes]]
+SPEECH_RETRY_AFTER_S = 60.0
+PROBE_EVERY_S = 30.0
+MAX_JSON_BODY = 64 * 1024 * 1024
+"""JSON requests are read whole (to find ``model``); images in chat make them large."""
+
+
+class ModelField(msgspec.Struct):
+    """The only fields the proxy reads from a JSON body; the rest is passed on untouched."""
+
+    model: str | None = None
+
+
+class Proxy:
+    def __init__(self, settings: Settings, bus: Bus | None, state: State | None = None):
+        self.settings = settings
+        self.bus = bus
+        self.state = state
+        self.client = fw.new_client(settings)
+        self.router = Router(settings, bus, self.client)
+        self.metrics = Metrics()
+        self.scheduler = Scheduler(
+            settings.aliases, self.router.current, self.swap,
+            limit=settings.proxy_queue_limit, min_residency_s=settings.proxy_min_residency_s,
+            max_wait_s=settings.proxy_max_wait_s, on_swap=self.metrics.swapped,
+        )  # fmt: skip
+        self.router.listeners.append(self._placement_changed)
+        self._probed: dict[str, float] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        await self.router.start()
+        self.scheduler.start()
+        if self.bus is not None:
+            self.metrics.start(self.bus)
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
+        await self.metrics.stop()
+        await self.router.stop()
+        await self.client.aclose()
+
+    def _placement_changed(self) -> None:
+        for host in self.settings.aliases:
+            self.scheduler.wake(host)
+
+    # --- swaps and probes (through the bus, as the API does) ------------------------------
+
+    async def swap(self, host: str, key: str) -> None:
+        """Submit the swap job ``POST /api/swap`` submits (swap lock checked) and wait for its
+        final event; the new placement is taken from the state bucket at once."""
+        from app.routes.swap import submit_swap  # the API's own submit path
+
+        if self.state is None or self.bus is None:
+            raise SparkError("on-demand swaps need the bus", code="NO_BUS", status=503)
+        job = await submit_swap(self.state, key, host, None, requested_by="proxy")
+        final = None
+        async for _, event in self.bus.job_events(job.id):
+            final = event
+        if final is None or final.kind != "done":
+            message = (final.message if final else None) or "the swap did not finish"
+            raise SparkError(message, code=(final.code if final else None) or "SWAP_FAILED")
+        placed = await self.bus.get_model_state(host)
+        if placed is not None:
+            self.router.set_state(placed)
+
+    def probe_service(self, name: str) -> None:
+        """A failing speech service gets a deep probe (its ``status`` job) now, at most every
+        PROBE_EVERY_S per service."""
+        now = time.monotonic()
+        if self.state is None or now - self._probed.get(name, -PROBE_EVERY_S) < PROBE_EVERY_S:
+            return
+        self._probed[name] = now
+
+        async def run() -> None:
+            from app.routes.services import submit_service_op
+
+            with contextlib.suppress(SparkError):
+                assert self.state is not None
+                await submit_service_op(self.state, name, "status", key=None,
+                                        requested_by="proxy")  # fmt: skip
+
+        task = asyncio.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- routing ----------------------------------------------------------------------------
+
+    async def route(
+        self, request: Request[Any, Any, Any], name: str | None, kind: str = "llm"
+    ) -> tuple[Target, Lease | None]:
+        """The target for ``name`` and, for a lifecycle-placed model, a claim on it; waits
+        (cancellable by the client leaving) for an on-demand swap when one is needed."""
+        router = self.router
+        if name:
+            target = router.resolve(name)
+            if target is None and router.recipe(name) is None:
+                await router.refresh_on_miss()
+                target = router.resolve(name)
+            if target is not None:
+                if target.source != "state" or target.host is None or target.key is None:
+                    return target, None
+                lease = self.scheduler.try_admit(target.host, target.key)
+                if lease is None:
+                    lease = await fw.watch_client(
+                        request, self.scheduler.wait(target.key, target.host)
+                    )
+                return self._placed(target.key, lease), lease
+            found = router.recipe(name)
+            if found is not None:
+                key, recipe = found
+                if not recipe.on_demand:
+                    raise ModelNotLoaded(
+                        f"model {name!r} is in the catalog but not loaded, and on_demand is off "
+                        "for it; swap it in with POST /api/swap"
+                    )
+                lease = await fw.watch_client(request, self.scheduler.wait(key))
+                return self._placed(key, lease), lease
+        if kind != "llm" and (service := router.service(kind)) is not None:
+            return service, None
+        if not name:
+            raise BadRequest("model: required", code="MODEL_REQUIRED")
+        shown = ", ".join(router.available()) or "none"
+        raise UnknownModel(f"unknown model {name!r}; available: {shown}")
+
+    def _placed(self, key: str, lease: Lease) -> Target:
+        target = self.router.placed(key)
+        if target is None or target.host != lease.host:
+            lease.release()
+            raise SwapFailed(f"{key} is not placed after its swap", retry_after=10)
+        return target
+
+    # --- forwarding ---------------------------------------------------------------------------
+
+    async def forward_json(
+        self,
+        request: Request[Any, Any, Any],
+        path: str,
+        *,
+        kind: str = "llm",
+        body_transform: BodyTransform | None = None,
+        chunk_transform: fw.ChunkTransform | None = None,
+    ) -> Response[Any]:
+        """Forward one JSON request to the upstream its ``model`` names; the response streams
+        back as it arrives. The seams: ``body_transform`` rewrites the request bytes first,
+        ``chunk_transform`` rewrites the response stream."""
+        started = time.perf_counter()
+        raw = await request.body()
+        if body_transform is not None:
+            raw = await body_transform(raw)
+        try:
+            name = msgspec.json.decode(raw, type=ModelField).model
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise BadRequest("body: expected a JSON object", code="BAD_JSON") from exc
+        label = name or kind
+        try:
+            target, lease = await self.route(request, name, kind)
+        except fw.ClientGone:
+            raise
+        except SparkError:
+            self.metrics.failed(label)
+            raise
+        if name and target.source == "state" and target.served != name:
+            raw = _with_model(raw, target.served)  # an alias: the upstream knows the served name
+        return await self._relay(
+            request, target, path, raw, len(raw), started=started, lease=lease, label=label,
+            chunk_transform=chunk_transform, watch=True,
+        )  # fmt: skip
+
+    async def forward_upload(self, request: Request[Any, Any, Any], path: str) -> Response[Any]:
+        """Stream a multipart upload (``/v1/audio/transcriptions``) to the speech-to-text
+        service without holding it: over ``proxy_upload_max_bytes`` → 413."""
+        started = time.perf_counter()
+        limit = self.settings.proxy_upload_max_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise TooLarge(f"upload over {limit} bytes")
+        target = self.router.service("stt")
+        if target is None:
+            await self.router.refresh_on_miss()
+            target = self.router.service("stt")
+        if target is None:
+            self.metrics.failed("stt")
+            raise UnknownModel("no speech-to-text service configured (services.yaml, kind stt)")
+        return await self._relay(
+            request, target, path, _limited(request, limit), length, started=started,
+            lease=None, label=target.served, chunk_transform=None, watch=False,
+        )  # fmt: skip
+
+    async def _relay(
+        self,
+        request: Request[Any, Any, Any],
+        target: Target,
+        path: str,
+        content: bytes | AsyncIterator[bytes],
+        length: int | None,
+        *,
+        started: float,
+        lease: Lease | None,
+        label: str,
+        chunk_transform: fw.ChunkTransform | None,
+        watch: bool,
+    ) -> Response[Any]:
+        metrics = self.metrics
+        metrics.started(label)
+        try:
+            resp = await fw.open_upstream(
+                self.client, request, target.base_url + path, content, length=length,
+                watch=watch,
+            )  # fmt: skip
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            metrics.finished(label, ok=False, ttfb_s=None, total_s=0.0, tokens=None)
+            raise
+        if target.kind in ("stt", "tts") and resp.status_code >= 500:
+            await resp.aclose()
+            if lease is not None:
+                lease.release()
+            metrics.finished(label, ok=False, ttfb_s=None, total_s=0.0, tokens=None)
+            self.probe_service(target.served)
+            raise Busy(
+                f"speech service {target.served} failed (HTTP {resp.status_code}); probing it",
+                retry_after=SPEECH_RETRY_AFTER_S, code="UPSTREAM_FAILING",
+            )  # fmt: skip
+        status_ok = resp.status_code < 400
+
+        def done(ok: bool, ttfb: float | None, tail: bytes) -> None:
+            if lease is not None:
+                lease.release()
+            metrics.finished(
+                label, ok=ok and status_ok, ttfb_s=ttfb,
+                total_s=time.perf_counter() - started, tokens=completion_tokens(tail),
+            )  # fmt: skip
+
+        relay = fw.Relay(resp, started, done)
+        body = relay if chunk_transform is None else chunk_transform(relay)
+        return fw.stream_response(resp, body, keep_length=chunk_transform is None)
+
+
+class TooLarge(SparkError):
+    code = "BODY_TOO_LARGE"
+    status = 413
+
+
+async def _limited(request: Request[Any, Any, Any], limit: int) -> AsyncIterator[bytes]:
+    """The request body as it arrives, refused past ``limit`` bytes."""
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise TooLarge(f"upload over {limit} bytes")
+        if chunk:
+            yield chunk
+
+
+def _with_model(raw: bytes, served: str) -> bytes:
+    body = msgspec.json.decode(raw)
+    body["model"] = served
+    return msgspec.json.encode(body)
+
+
+@asynccontextmanager
+async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    """Start the proxy after the bus (the web lifespan before this one connects it)."""
+    proxy = Proxy(app.state.settings, app.state.bus, app.state)
+    await proxy.start()
+    app.state.proxy = proxy
+    try:
+        yield
+    finally:
+        await proxy.stop()
