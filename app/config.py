@@ -98,6 +98,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``s3://bucket/prefix/`` entries a full-``uri`` get may read; empty: none."""
     signer_timeout_s: float = 30.0
     """How long the web front waits for the signer's whole answer."""
+    redaction_map_db: str | None = None
+    """SQLite file of the redaction maps (``REDACTION_MAP_DB``); default in ``data_dir``."""
+    redaction_key: str | None = None
+    """Secret the map's values are encrypted with (AES-GCM, HKDF-derived); unset: a key file
+    is made once in ``data_dir``. Never logged or shown."""
+    redaction_ttl_s: float = 86400.0
+    """A redaction map lives this long after its last scrub, then is purged."""
+    redaction_ner_url: str | None = None
+    """OpenAI-compatible base URL (``…/v1``) of the NER model; unset: the gateway's own /v1."""
+    redaction_ner_model: str | None = None
+    """Model asked for names; ``ner: auto`` uses NER only when this is set."""
+    redaction_ner_timeout_s: float = 30.0
     upstreams: list[str] = msgspec.field(default_factory=list)
     """Externally managed OpenAI-compatible servers (``SPARK_UPSTREAMS``): the /v1 proxy asks
     each its ``/v1/models`` and routes the names it reports there."""
@@ -151,6 +163,8 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "signer_prefix": ("SPARK_SIGNER_PREFIX",),
     "signer_ttl_s": ("SPARK_SIGNER_TTL_S",),
     "signer_get_allow": ("SPARK_SIGNER_GET_ALLOW",),
+    "redaction_map_db": ("REDACTION_MAP_DB",),
+    "redaction_key": ("REDACTION_KEY",),
 }
 """Earlier or conventional names, read after ``SPARK_CONTROL_<KEY>``."""
 
@@ -159,7 +173,7 @@ MAP_FIELDS = frozenset({"signer_tokens"})
 """Settings given in the environment as ``key=value,key=value``."""
 SECRET_FIELDS = frozenset(
     {"webhook_secret", "hf_token", "ngc_key", "s3_secret_access_key", "s3_session_token",
-     "signer_tokens"}
+     "signer_tokens", "redaction_key"}
 )  # fmt: skip
 """Settings given in the environment as comma-separated lists."""
 
@@ -277,6 +291,11 @@ def _validate(s: Settings, source: str) -> Settings:
         except BadRequest as exc:
             raise ConfigError(f"{source}: {exc.message}") from exc
     _validate_signer(s, source)
+    if s.redaction_ner_url and not s.redaction_ner_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{source}: redaction_ner_url: must be an http(s) URL")
+    for name in ("redaction_ttl_s", "redaction_ner_timeout_s"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{source}: {name}: must be > 0")
     for i, url in enumerate(s.upstreams):
         if not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url):
             raise ConfigError(f"{source}: upstreams[{i}]: must be an http(s) URL")

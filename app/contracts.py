@@ -121,6 +121,12 @@ def evt_proxy(kind: str) -> str:
     return f"{ROOT}.evt.proxy.{token(kind, 'kind')}"
 
 
+def evt_redaction(kind: str) -> str:
+    """Audit events of the redaction gateway (counts only, never a value):
+    ``spark.evt.redaction.<kind>`` (``scrub``, ``rehydrate``, ``chat``, ``refused``)."""
+    return f"{ROOT}.evt.redaction.{token(kind, 'kind')}"
+
+
 def blob_sign(namespace: str) -> str:
     """Request/reply of the blob signer for one namespace."""
     return f"{ROOT}.cmd.blob.sign.{token(namespace, 'namespace')}"

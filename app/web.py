@@ -22,7 +22,7 @@ from app.bus import Bus, connect
 from app.config import Settings
 from app.errors import SparkError, error_body
 from app.proxy.core import lifespan as proxy_lifespan
-from app.routes import api, blob, coordination, models, pages, services, swap, v1
+from app.routes import api, blob, coordination, models, pages, redaction, services, swap, v1
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ def create_app(settings: Settings, bus: Bus | None = None) -> Litestar:
             *services.ROUTES,
             *blob.ROUTES,
             *v1.ROUTES,
+            *redaction.ROUTES,
             *pages.ROUTES,
             create_static_files_router(path="/static", directories=[PACKAGE / "static"]),
         ],
