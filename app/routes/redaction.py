@@ -9,9 +9,10 @@ from litestar import Request, post
 from litestar.datastructures import State
 from litestar.response import Response
 
+from app.redaction.chat import ChatRedaction
 from app.redaction.errors import RedactionError
 from app.redaction.schema import decode_rehydrate, decode_scrub
-from app.redaction.service import Redactor
+from app.redaction.service import MAP_HEADER, Redactor, policy_from_headers
 from app.routes.deps import settings_of
 
 BODY_LIMIT = 8 * 1024 * 1024
@@ -50,3 +51,28 @@ async def rehydrate(state: State, request: Request[Any, Any, Any]) -> Response[d
 
 
 ROUTES = [scrub, rehydrate]
+
+
+async def forward_redacted(
+    state: State, request: Request[Any, Any, Any], forward: Any
+) -> Response[Any] | None:
+    """For the /v1 chat and completions handlers: None when the request asks for no
+    redaction (``X-Spark-Redaction``); else ``forward(**seams)`` (the proxy's
+    ``forward_json``) with the scrub and rehydrate transforms, the map handle in the
+    ``X-Spark-Redaction-Map`` answer header, and any refusal as the gateway's error body."""
+    try:
+        policy = policy_from_headers(request.headers)
+    except RedactionError as exc:
+        return _refusal(exc)
+    if policy is None:
+        return None
+    chat = ChatRedaction(redactor_of(state), policy)
+    try:
+        response: Response[Any] = await forward(
+            body_transform=chat.body, chunk_transform=chat.chunks
+        )
+    except RedactionError as exc:
+        return _refusal(exc)
+    if chat.handle:
+        response.headers[MAP_HEADER] = chat.handle
+    return response

@@ -3,6 +3,7 @@ Errors keep the project's ``{"error","code"}`` body; the proxy's add ``Retry-Aft
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -12,6 +13,7 @@ from litestar.datastructures import State
 from app.errors import error_body
 from app.proxy.core import MAX_JSON_BODY, Proxy
 from app.proxy.errors import ProxyError
+from app.routes import redaction
 
 
 def proxy_of(state: State) -> Proxy:
@@ -21,12 +23,16 @@ def proxy_of(state: State) -> Proxy:
 
 @post("/chat/completions", request_max_body_size=MAX_JSON_BODY)
 async def chat_completions(state: State, request: Request[Any, Any, Any]) -> Response[Any]:
-    return await proxy_of(state).forward_json(request, "/v1/chat/completions")
+    forward = partial(proxy_of(state).forward_json, request, "/v1/chat/completions")
+    redacted = await redaction.forward_redacted(state, request, forward)
+    return redacted if redacted is not None else await forward()
 
 
 @post("/completions", request_max_body_size=MAX_JSON_BODY)
 async def completions(state: State, request: Request[Any, Any, Any]) -> Response[Any]:
-    return await proxy_of(state).forward_json(request, "/v1/completions")
+    forward = partial(proxy_of(state).forward_json, request, "/v1/completions")
+    redacted = await redaction.forward_redacted(state, request, forward)
+    return redacted if redacted is not None else await forward()
 
 
 @post("/embeddings", request_max_body_size=MAX_JSON_BODY)
