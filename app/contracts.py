@@ -137,10 +137,10 @@ BLOB_SIGN_ENDPOINT = "sign"
 """Name of the signer's micro-service endpoint (``$SRV.STATS`` shows it)."""
 CHUNK_HEADER = "Spark-Chunk"
 """Reply of the signer: this message's index (0-based). Answers over the server's max payload
-are split into several messages on the reply subject; ``Spark-Chunks`` says how many, and the
-last carries ``Spark-Sha256`` of the whole body. The wire shapes are in app/signer/shapes.py."""
+are split into several messages on the reply subject; the last carries ``Spark-Chunks`` (how
+many) and ``Spark-Bytes`` (the whole body's length). Wire shapes: app/signer/shapes.py."""
 CHUNKS_HEADER = "Spark-Chunks"
-CHUNK_SHA_HEADER = "Spark-Sha256"
+CHUNK_BYTES_HEADER = "Spark-Bytes"
 
 
 def evt_blob(namespace: str, kind: str) -> str:
@@ -154,7 +154,6 @@ def parse_blob_sign_subject(subject: str) -> str:
     if len(parts) != 5 or parts[:4] != [ROOT, "cmd", "blob", "sign"]:
         raise BadToken("not a blob sign subject")
     return token(parts[4], "namespace")
-
 
 
 def parse_cmd_subject(subject: str) -> tuple[str, str]:

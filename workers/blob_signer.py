@@ -3,8 +3,8 @@ the ``spark-blob-signer`` queue group; run any number of replicas).
 
 The namespace is the subject's last token; NATS permissions fence who may publish to which.
 Answers over the server's max payload go back in chunks (app/signer/chunks.py). Every signing
-is audited on ``spark.evt.blob.<namespace>.signed`` before the answer leaves; the S3 secret
-never leaves this process.
+is audited on ``spark.evt.blob.<namespace>.signed`` before the answer's last message leaves; the
+S3 secret never leaves this process.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ async def start(bus: Bus, settings: Settings, worker: str) -> Callable[[], Await
             handler=handle,
         )
     )
+    await bus.nc.flush()  # the server knows the endpoint before this replica says it is ready
 
     async def teardown() -> None:
         await service.stop()
@@ -62,10 +63,20 @@ async def answer(bus: Bus, signer: Signer, worker: str, req: Request) -> None:
             namespace = c.parse_blob_sign_subject(req.subject)
         except c.BadToken as exc:
             raise BadRequest("bad namespace in subject", code="BAD_NAMESPACE") from exc
-        result, audit = await signer.sign(namespace, req.data)
-        await bus.publish_event(c.evt_blob(namespace, "signed"), audit_event(audit, worker))
-        for headers, data in chunks.split(msgspec.json.encode(result), bus.nc.max_payload):
+        signed = await signer.sign(namespace, req.data)
+        event = audit_event(signed.audit, worker)
+        audited = asyncio.create_task(bus.publish_event(c.evt_blob(namespace, "signed"), event))
+
+        async def publish(data: bytes, headers: dict[str, str]) -> None:
             await req.respond(data, headers=headers)  # each publishes to the reply subject
+
+        writer = chunks.ChunkWriter(publish, bus.nc.max_payload)
+        try:
+            for piece in signed.pieces():
+                await writer.write(piece)
+        finally:
+            await audited  # recorded before the answer's last message leaves, even on failure
+        await writer.close()
     except SparkError as exc:
         await _refuse(req, exc)
     except Exception:

@@ -1,15 +1,19 @@
-"""Big answers on the bus: an answer over the server's max payload is sent as several messages
-on the reply subject and reassembled by the requester (``contracts.CHUNK_HEADER``…).
+"""Big answers on the bus: an answer is sent as one or more messages on the reply subject,
+each at most the server's max payload, and reassembled (or streamed on) by the requester.
 
-A 10,000-part answer is about 4 MB and NATS's default max payload is 1 MB; the server's limit
-is never raised. A small answer is one message, so ``nats req`` sees it whole.
+Every message carries ``Spark-Chunk: <i>`` (0-based); the last also ``Spark-Chunks: <n>`` and
+``Spark-Bytes``, the whole body's length (NATS over TCP keeps each message intact and in order;
+the index and the totals catch a message dropped to a slow consumer). The sender publishes each
+chunk as soon as it is full, so a 10,000-part answer (about 4 MB; NATS's default max payload is
+1 MB, never raised here) starts moving while its later parts are still being signed. A small
+answer is one message, so ``nats req`` sees it whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -21,20 +25,79 @@ from app.errors import BusUnavailable, SparkError
 HEADROOM = 4096
 """Bytes of a message kept for headers and protocol overhead."""
 
-
-def split(body: bytes, max_payload: int) -> list[tuple[dict[str, str], bytes]]:
-    """Messages (headers, data) carrying ``body``; the last has the sha256 of the whole."""
-    size = max(1024, max_payload - HEADROOM)
-    pieces = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
-    n = str(len(pieces))
-    out = [({c.CHUNK_HEADER: str(i), c.CHUNKS_HEADER: n}, piece) for i, piece in enumerate(pieces)]
-    out[-1][0][c.CHUNK_SHA_HEADER] = hashlib.sha256(body).hexdigest()
-    return out
+Publish = Callable[[bytes, dict[str, str]], Awaitable[None]]
 
 
-async def request(nc: NatsClient, subject: str, body: bytes, wait_s: float) -> tuple[bytes, bool]:
-    """Send a request; (the reassembled answer, whether it is an error reply — one message with
-    ``Nats-Service-Error``). BusUnavailable when no signer answers or in time."""
+class ChunkWriter:
+    """Cuts a body written piece by piece into messages of at most ``max_payload``."""
+
+    def __init__(self, publish: Publish, max_payload: int) -> None:
+        self._publish = publish
+        self._size = max(1024, max_payload - HEADROOM)
+        self._buf = bytearray()
+        self._index = self._bytes = 0
+
+    async def write(self, piece: bytes) -> None:
+        self._bytes += len(piece)
+        self._buf += piece
+        while len(self._buf) >= self._size:
+            chunk = bytes(self._buf[: self._size])
+            del self._buf[: self._size]
+            await self._publish(chunk, {c.CHUNK_HEADER: str(self._index)})
+            self._index += 1
+            await asyncio.sleep(0)  # let the connection's flusher send it now
+
+    async def close(self) -> None:
+        """Send what is left as the last message (possibly empty), with the totals."""
+        headers = {
+            c.CHUNK_HEADER: str(self._index),
+            c.CHUNKS_HEADER: str(self._index + 1),
+            c.CHUNK_BYTES_HEADER: str(self._bytes),
+        }
+        await self._publish(bytes(self._buf), headers)
+        self._buf.clear()
+
+
+class Reply:
+    """A signer's answer as it arrives: ``error`` (one message) or the body's chunks."""
+
+    def __init__(self, first: Msg, queue: asyncio.Queue[Msg], wait_s: float) -> None:
+        self._first, self._queue, self._wait_s = first, queue, wait_s
+        headers = first.headers or {}
+        self.error: bytes | None = first.data if headers.get("Nats-Service-Error") else None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body's pieces in order; SparkError (BAD_CHUNKS) if one is missing or the total
+        length is not what the sender said."""
+        msg, index, size = self._first, 0, 0
+        while True:
+            headers = msg.headers or {}
+            if index and headers.get("Nats-Service-Error"):
+                raise SparkError("blob signer failed mid-answer", code="BAD_CHUNKS")
+            if int(headers.get(c.CHUNK_HEADER, "0")) != index:
+                raise SparkError("blob signer answer arrived out of order", code="BAD_CHUNKS")
+            size += len(msg.data)
+            yield msg.data
+            if c.CHUNKS_HEADER in headers or c.CHUNK_HEADER not in headers:
+                want = headers.get(c.CHUNK_BYTES_HEADER)
+                if want is not None and int(want) != size:
+                    raise SparkError("blob signer answer arrived incomplete", code="BAD_CHUNKS")
+                return
+            index += 1
+            try:
+                async with asyncio.timeout(self._wait_s):
+                    msg = await self._queue.get()
+            except TimeoutError as exc:
+                raise BusUnavailable("the blob signer stopped answering") from exc
+
+    async def body(self) -> bytes:
+        return b"".join([piece async for piece in self.chunks()])
+
+
+@contextlib.asynccontextmanager
+async def request(nc: NatsClient, subject: str, body: bytes, wait_s: float) -> AsyncIterator[Reply]:
+    """Send a request and yield its Reply once the first message is in; the subscription
+    lives as long as the context. BusUnavailable when no signer answers, or not in time."""
     inbox = nc.new_inbox()
     queue: asyncio.Queue[Msg] = asyncio.Queue()
 
@@ -44,32 +107,14 @@ async def request(nc: NatsClient, subject: str, body: bytes, wait_s: float) -> t
     sub = await nc.subscribe(inbox, cb=on_msg)
     try:
         await nc.publish(subject, body, reply=inbox)
-        async with asyncio.timeout(wait_s):
-            return await _collect(queue)
-    except TimeoutError as exc:
-        raise BusUnavailable("the blob signer did not answer in time") from exc
+        try:
+            async with asyncio.timeout(wait_s):
+                first = await queue.get()
+        except TimeoutError as exc:
+            raise BusUnavailable("the blob signer did not answer in time") from exc
+        if (first.headers or {}).get("Status") == "503":
+            raise BusUnavailable("no blob signer is running", code="SIGNER_UNAVAILABLE")
+        yield Reply(first, queue, wait_s)
     finally:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
-
-
-async def _collect(queue: asyncio.Queue[Msg]) -> tuple[bytes, bool]:
-    first = await queue.get()
-    headers = first.headers or {}
-    if headers.get("Status") == "503":
-        raise BusUnavailable("no blob signer is running", code="SIGNER_UNAVAILABLE")
-    if headers.get("Nats-Service-Error") or c.CHUNKS_HEADER not in headers:
-        return first.data, bool(headers.get("Nats-Service-Error"))
-    total = int(headers[c.CHUNKS_HEADER])
-    pieces, last = [first.data], first
-    while len(pieces) < total:
-        last = await queue.get()
-        index = int((last.headers or {}).get(c.CHUNK_HEADER, -1))
-        if index != len(pieces):
-            raise SparkError("blob signer answer arrived out of order", code="BAD_CHUNKS")
-        pieces.append(last.data)
-    body = b"".join(pieces)
-    want = (last.headers or {}).get(c.CHUNK_SHA_HEADER)
-    if want != hashlib.sha256(body).hexdigest():
-        raise SparkError("blob signer answer damaged in transit", code="BAD_CHUNKS")
-    return body, False

@@ -3,14 +3,14 @@
 Order of checks: decode → one plan from either shape → the rules (rel_path under the prefix,
 uri read-only and allow-listed, parts and part size in range) → the store call a multipart
 upload needs → presign. Every refusal is a SparkError with its code; nothing here knows NATS
-or HTTP. The audit record (no URL, no signature) is returned beside the answer.
+or HTTP. The audit record (no URL, no signature) goes with the answer.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
@@ -32,6 +32,41 @@ class Audit:
     op: str
     parts: int
     expires_at: str
+
+
+_PART_URLS = b'"partUrls":[]'
+
+
+@dataclass
+class Signed:
+    """A granted request: its audit record and the answer, rendered as JSON pieces. A
+    multipart answer's part URLs are signed batch by batch while it is rendered, so the first
+    bytes can leave before the last part is signed."""
+
+    audit: Audit
+    answer: s.MultipartAnswer | s.SingleAnswer
+    presigner: Presigner | None = None
+    parts: int = 0
+    ttl: int = 0
+    now: float = 0.0
+
+    def pieces(self, batch: int = 1000) -> Iterator[bytes]:
+        encoded = msgspec.json.encode(self.answer)
+        if not isinstance(self.answer, s.MultipartAnswer) or self.presigner is None:
+            yield encoded
+            return
+        at = encoded.index(_PART_URLS) + len(_PART_URLS) - 1
+        yield encoded[:at]
+        a, p, upload_id = self.audit, self.presigner, self.answer.upload_id
+        for first in range(1, self.parts + 1, batch):
+            count = min(batch, self.parts - first + 1)
+            urls = p.part_urls(a.bucket, a.key, upload_id, count, self.ttl, self.now, first)
+            text = msgspec.json.encode(urls)[1:-1]
+            yield text if first == 1 else b"," + text
+        yield encoded[at:]
+
+    def body(self) -> bytes:
+        return b"".join(self.pieces())
 
 
 def plan_of(req: s.SignRequest) -> s.Plan:
@@ -120,10 +155,9 @@ class Signer:
         if self.store is not None:
             await self.store.close()
 
-    async def sign(
-        self, namespace: str, body: bytes, now: float | None = None
-    ) -> tuple[Any, Audit]:
-        """The answer Struct and its audit record; SparkError when refused."""
+    async def sign(self, namespace: str, body: bytes, now: float | None = None) -> Signed:
+        """Check, create the upload if multipart, and return what renders the answer; a
+        SparkError when refused. The part URLs are signed as the answer is rendered."""
         if len(body) > s.MAX_REQUEST_BYTES:
             raise BadRequest(f"body over {s.MAX_REQUEST_BYTES} bytes", code="BODY_TOO_LARGE")
         try:
@@ -139,27 +173,26 @@ class Signer:
         expires_at = iso(now + ttl)
         uri = f"s3://{bucket}/{key}"
         p = self.presigner
-        answer: Any
+        op = {"multipart": "multipart_put", "put": "single_put", "get": "single_get"}[plan.action]
+        audit = Audit(namespace, bucket, key, op, plan.parts, expires_at)
         if plan.action == "multipart":
             upload_id = await self.store.create_multipart(bucket, key)
-            answer = s.MultipartAnswer(
+            head = s.MultipartAnswer(
                 uri=uri,
                 upload_id=upload_id,
                 part_size_bytes=plan.part_size_bytes,
-                part_urls=p.part_urls(bucket, key, upload_id, plan.parts, ttl, now),
+                part_urls=[],
                 complete_url=p.complete_url(bucket, key, upload_id, ttl, now),
                 abort_url=p.abort_url(bucket, key, upload_id, ttl, now),
                 list_parts_url=p.list_parts_url(bucket, key, upload_id, ttl, now),
                 expires_at=expires_at,
             )
-        elif plan.action == "put":
+            return Signed(audit, head, p, plan.parts, ttl, now)
+        if plan.action == "put":
             url = p.put_url(bucket, key, ttl, now)
-            answer = s.SingleAnswer("single_put", "PUT", url, {}, expires_at, uri)
-        else:
-            url = p.get_url(bucket, key, ttl, now)
-            answer = s.SingleAnswer("single_get", "GET", url, {}, expires_at, uri)
-        op = {"multipart": "multipart_put", "put": "single_put", "get": "single_get"}[plan.action]
-        return answer, Audit(namespace, bucket, key, op, plan.parts, expires_at)
+            return Signed(audit, s.SingleAnswer("single_put", "PUT", url, {}, expires_at, uri))
+        url = p.get_url(bucket, key, ttl, now)
+        return Signed(audit, s.SingleAnswer("single_get", "GET", url, {}, expires_at, uri))
 
     def _locate(self, namespace: str, plan: s.Plan) -> tuple[str, str]:
         """(bucket, key) after the namespace and allow-list rules."""

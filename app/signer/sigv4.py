@@ -59,6 +59,14 @@ def _host(endpoint_url: str) -> tuple[str, str]:
     return parts.scheme, host
 
 
+def _hmac_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """SHA-256 states after the HMAC inner and outer pads of ``key`` (RFC 2104)."""
+    block = key.ljust(64, b"\0")  # SigV4 keys are 32 bytes, under the block size
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+    return inner, outer
+
+
 @dataclass(frozen=True)
 class _Frame:
     """What every URL of one batch shares: clock, scope, host, path, X-Amz-* parameters."""
@@ -176,23 +184,32 @@ class Presigner:
         parts: int,
         expires_s: int,
         now: float | None = None,
+        first: int = 1,
     ) -> list[str]:
-        """PUT URLs of parts 1..``parts`` of a multipart upload (S3 ``UploadPart``)."""
+        """PUT URLs of parts ``first``..``first + parts - 1`` of a multipart upload (S3
+        ``UploadPart``); a big answer is signed in batches with the same ``now``."""
         f = self._frame("PUT", bucket, key, expires_s, now)
         uid = _q(upload_id)
         # Lower-case names sort after every ``X-Amz-*``: the canonical query is the sorted
         # X-Amz part, then partNumber, then uploadId. The shared prefix is hashed once.
         sorted_amz = "&".join(f"{k}={v}" for k, v in sorted(f.amz_enc))
         prefix = hashlib.sha256(f"{f.head}{sorted_amz}&partNumber=".encode())
-        rest = f"&uploadId={uid}{f.tail}"
-        sts_head, signing_key, digest = f.sts_head, f.key, hmac.digest
+        rest = f"&uploadId={uid}{f.tail}".encode()
+        # HMAC by hand: the key's inner and outer pads are hashed once, as is the string to
+        # sign up to the canonical hash; per URL only copies of those states are updated.
+        inner, outer = _hmac_pads(f.key)
+        inner.update(f.sts_head.encode())
         start, end = f"{f.base}uploadId={uid}&partNumber=", f"&{f.amz_query}&X-Amz-Signature="
-        urls = []
-        for n in range(1, parts + 1):
+        urls: list[str] = []
+        append = urls.append
+        for n in range(first, first + parts):
             h = prefix.copy()
-            h.update(f"{n}{rest}".encode())
-            signature = digest(signing_key, (sts_head + h.hexdigest()).encode(), "sha256").hex()
-            urls.append(f"{start}{n}{end}{signature}")
+            h.update(b"%d%b" % (n, rest))
+            i = inner.copy()
+            i.update(h.hexdigest().encode())
+            o = outer.copy()
+            o.update(i.digest())
+            append(f"{start}{n}{end}{o.hexdigest()}")
         return urls
 
     def get_url(self, bucket: str, key: str, expires_s: int, now: float | None = None) -> str:
