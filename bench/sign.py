@@ -1,7 +1,8 @@
-"""Blob-signer benchmark: 10,000 part URLs signed directly vs botocore's generate_presigned_url
-loop (ratio; target at least 30x), then ``POST /api/v1/blob/sign`` for 10,000 parts end to end through
-NATS and the signer worker, the store's create_multipart_upload included (p50 over 20 calls;
-target ≤ 60 ms). Real NATS and SeaweedFS; the front and signer run in this process.
+"""Blob-signer benchmark: 10,000 part URLs signed directly vs a botocore
+``generate_presigned_url`` loop (ratio; target at least 30x), then ``POST /api/v1/blob/sign``
+for 10,000 parts end to end through NATS, with the web front and the signer worker as separate
+``spark-control`` processes, the store's create_multipart_upload included (p50 over 20 calls;
+target 60 ms). Real NATS and SeaweedFS. Not a test: it prints figures.
 
     .venv/bin/python bench/sign.py [--parts 10000] [--calls 20]
 """
