@@ -183,10 +183,11 @@ class Scheduler:
 
         def rank(h: str) -> tuple[int, int, float]:
             cur, since = self.current(h)
+            q = self.queues[h]
+            busy = q.count() + (q.swapping is not None)
             if cur is None:
-                return (0, 0, 0.0)
-            busy = self.in_flight.get((h, cur), 0) + self.queues[h].count()
-            return (1, busy, since)
+                return (0, busy, 0.0)
+            return (1, busy + self.in_flight.get((h, cur), 0), since)
 
         return min(self.hosts, key=rank)
 
@@ -199,8 +200,9 @@ class Scheduler:
 
     async def _loop(self, q: HostQueue) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(q.event.wait(), TICK_S if q.waiting else None)
+            with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow a cancel
+                async with asyncio.timeout(TICK_S if q.waiting else None):
+                    await q.event.wait()
             q.event.clear()
             try:
                 await self._step(q)
