@@ -49,9 +49,11 @@ ACTIONS = (
     "scan",
     "service",
     "nim_install",
+    "push",
+    "pull",
 )
 """Host actions the executor knows (download/delete/disk: workers/weights.py; scan:
-workers/scan.py)."""
+workers/scan.py; push/pull: workers/transfer.py)."""
 
 JOB_KINDS = ("accepted", "started", "progress", "log", "done", "failed", "cancelled")
 FINAL_KINDS = frozenset({"done", "failed", "cancelled"})
@@ -190,6 +192,12 @@ def disk_state_key(host: str) -> str:
 def schedule_key(entry_id: str) -> str:
     """Key of one schedule registry entry in SETTINGS_BUCKET."""
     return f"{SCHEDULE_KEY_PREFIX}.{token(entry_id, 'schedule id')}"
+
+
+def push_state_key(digest: str) -> str:
+    """The upload id of an unfinished ``push`` of one object (``spark_state`` bucket), keyed
+    by the sha256 hex of ``<namespace>/<key>``."""
+    return f"push.{token(digest, 'digest')}"
 
 
 # --- messages ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from workers.lifecycle import Restart, Stop, Swap
 from workers.notify import Notifier
 from workers.scan import Scan
 from workers.services import NimInstall, ServiceAction
+from workers.transfer import Pull, Push
 from workers.weights import Delete, Disk, Download
 
 
@@ -19,6 +20,7 @@ def registry(bus: Bus, settings: Settings) -> dict[str, Action]:
         "stop": Stop(bus), "restart": Restart(bus),
         "download": Download(settings), "delete": Delete(bus), "disk": Disk(), "scan": Scan(bus),
         "service": ServiceAction(bus), "nim_install": NimInstall(settings),
+        "push": Push(bus), "pull": Pull(bus),
     }  # fmt: skip
     assert set(actions) == set(c.ACTIONS), "contracts.ACTIONS and the registry disagree"
     return actions

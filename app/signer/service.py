@@ -8,6 +8,7 @@ or HTTP. The audit record (no URL, no signature) goes with the answer.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class Audit:
 
 
 _PART_URLS = b'"partUrls":[]'
+_UPLOAD_ID = re.compile(r"[\x21-\x7e]{1,1024}")
 
 
 @dataclass
@@ -81,7 +83,7 @@ def plan_of(req: s.SignRequest) -> s.Plan:
         uri = req.target.uri
     op = req.op
     if isinstance(op, s.MultipartPut):
-        plan = s.Plan("multipart", rel_path, uri, op.parts, op.part_size_bytes)
+        plan = s.Plan("multipart", rel_path, uri, op.parts, op.part_size_bytes, op.upload_id)
     elif isinstance(op, s.PutArtifact) and op.multipart_hint is not None:
         hint = op.multipart_hint
         plan = s.Plan("multipart", rel_path, uri, hint.max_parts, hint.part_size_bytes)
@@ -98,6 +100,8 @@ def plan_of(req: s.SignRequest) -> s.Plan:
             raise BadRequest("parts: at least 1", code="BAD_PARTS")
         if not s.MIN_PART_BYTES <= plan.part_size_bytes <= s.MAX_PART_BYTES:
             raise BadRequest("part_size_bytes: must be 5 MiB..5 GiB", code="BAD_PART_SIZE")
+        if plan.upload_id is not None and not _UPLOAD_ID.fullmatch(plan.upload_id):
+            raise BadRequest("upload_id: not an upload id", code="BAD_UPLOAD_ID")
     return plan
 
 
@@ -176,7 +180,7 @@ class Signer:
         op = {"multipart": "multipart_put", "put": "single_put", "get": "single_get"}[plan.action]
         audit = Audit(namespace, bucket, key, op, plan.parts, expires_at)
         if plan.action == "multipart":
-            upload_id = await self.store.create_multipart(bucket, key)
+            upload_id = plan.upload_id or await self.store.create_multipart(bucket, key)
             head = s.MultipartAnswer(
                 uri=uri,
                 upload_id=upload_id,

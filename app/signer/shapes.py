@@ -24,6 +24,8 @@ class MultipartPut(
 ):
     parts: int
     part_size_bytes: int
+    upload_id: str | None = None
+    """An addition: fresh URLs for an upload already started (resuming); none is created."""
 
 
 class SinglePut(msgspec.Struct, tag="single_put", tag_field="kind", forbid_unknown_fields=True):
@@ -79,6 +81,7 @@ class Plan(msgspec.Struct, frozen=True):
     uri: str | None = None
     parts: int = 0
     part_size_bytes: int = 0
+    upload_id: str | None = None
 
 
 # --- answers ---------------------------------------------------------------------------------
