@@ -182,3 +182,42 @@ async def test_push_and_pull_refuse_bad_values(env: tuple[Bus, Settings], tmp_pa
     for action, args, code in bad:
         _, job = await run(bus, settings, "ha", action, args)
         assert (job.state, job.code) == ("failed", code), (action, args, job.error)
+
+
+async def test_cancel_stops_the_uploads_on_the_host(
+    env: tuple[Bus, Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bus, settings = env
+    shim = tmp_path / "slowshim"
+    shim.mkdir()
+    (shim / "curl").write_text(
+        '#!/bin/bash\ncase " $* " in *" -D "*) sleep 59.7731;; esac\nexec /usr/bin/curl "$@"\n'
+    )
+    (shim / "curl").chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    src = tmp_path / "ha" / "model4"
+    src.mkdir(parents=True)
+    make_model(src)
+    job, _ = await jobs.submit(bus, settings, "ha", "push", push_args(src, parallel=2))
+
+    def sleepers() -> list[int]:
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                argv = cmdline.read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[:2] == [b"sleep", b"59.7731"]:
+                found.append(int(cmdline.parent.name))
+        return found
+
+    await stack.wait_for(sleepers, timeout=60)
+    record = await jobs.cancel(bus, job.id)
+    final = await stack.wait_for(lambda: _final(bus, job.id), timeout=30)
+    assert final.state == "cancelled", (record.state, final.error)
+    await stack.wait_for(lambda: not sleepers(), timeout=15)
+
+
+async def _final(bus: Bus, job_id: str) -> c.JobRecord | None:
+    job = await jobs.get(bus, job_id)
+    return job if job is not None and job.state in c.FINAL_STATES else None
