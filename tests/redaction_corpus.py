@@ -143,7 +143,8 @@ def corpus(n: int, seed: int = 7, tier1: bool = True) -> list[Doc]:
 
 
 def prompt_4k(seed: int = 1) -> tuple[str, dict[str, list[str]]]:
-    """About 4 KB of text naming 20 known entities (the benchmark's prompt)."""
+    """About 4 KB of prose naming 20 known entities (each a few times), with the odd e-mail,
+    amount, date, phone number and figure an analyst's prompt carries: the benchmark's."""
     rng = random.Random(seed)
     entities = {
         "persons": PERSONS[:8],
@@ -152,6 +153,19 @@ def prompt_4k(seed: int = 1) -> tuple[str, dict[str, list[str]]]:
         "locations": LOCATIONS[:4],
     }
     names = [v for vs in entities.values() for v in vs]
+    others = [
+        "j.mueller@mueller-soehne.de",
+        "€1,250,000",
+        "USD 3.4M",
+        "15 March 2024",
+        "2024-06-30",
+        "+41 44 668 1800",
+        "12.5%",
+        "Q3 2024",
+        "S3",
+        "v2.1",
+        "4.2x",
+    ]
     words = [
         "the",
         "quarterly",
@@ -174,8 +188,14 @@ def prompt_4k(seed: int = 1) -> tuple[str, dict[str, list[str]]]:
         "performance",
         "and",
         "outlook",
+        "for",
+        "next",
+        "year",
     ]
     parts: list[str] = []
     while sum(len(x) + 1 for x in parts) < 4096:
-        parts.append(rng.choice(names) if rng.random() < 0.08 else rng.choice(words))
+        r = rng.random()
+        parts.append(
+            rng.choice(names) if r < 0.06 else rng.choice(others) if r < 0.08 else rng.choice(words)
+        )
     return " ".join(parts)[:4096], entities

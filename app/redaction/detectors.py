@@ -9,7 +9,7 @@ they are claimed as *plain* so no weaker detector redacts them either. Technical
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from app.redaction.checksums import IBAN_LENGTHS, aba_valid, iban_valid, luhn_valid, ssn_valid
@@ -20,6 +20,10 @@ PLAIN = 0
 """Tier of a span kept as it is (a checksum-invalid number)."""
 
 
+Detector = Callable[[str, int, int], Iterator["Span"]]
+"""Spans of ``text[a:b]`` (patterns see the text around the window for their lookbehinds)."""
+
+
 class Span(NamedTuple):
     start: int
     end: int
@@ -27,33 +31,48 @@ class Span(NamedTuple):
     kind: str  # tier 1: iban, card, …; tier 2: the token type (PERSON, EMAIL, …)
 
 
-# --- tier 1 ------------------------------------------------------------------------------
+# --- patterns ----------------------------------------------------------------------------
+# Python's re scans fast only for a pattern that starts with a literal or a character class:
+# so patterns start with their digit, symbol or cue word, and check what precedes them with a
+# lookbehind after the first character (or in Python). Cue words are spelled in their three
+# usual cases rather than with (?i), which is several times slower.
 
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{2,4}){3,8}(?![a-z0-9])")
+
+def _words(*words: str) -> str:
+    """An alternation of the words in lower, Capitalised and UPPER case, longest first."""
+    spelled = {v for w in words for v in (w, w[:1].upper() + w[1:], w.upper())}
+    return "(?:" + "|".join(re.escape(w) for w in sorted(spelled, key=len, reverse=True)) + ")"
+
+
+_IBAN = re.compile(r"[A-Z](?<![A-Za-z0-9][A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]{2,4}){3,8}(?![a-z0-9])")
 _CARD = re.compile(
-    r"(?<![\w.,+-])(?:\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{4,5}|\d{13,19})"
+    r"\d(?<![\w.,+-]\d)(?:\d{3}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{3}([ -])\d{6}\2\d{4,5}|\d{12,18})"
     r"(?![\w-]|[.,]\d)"
 )
-_SSN_DASHED = re.compile(r"(?<![\w-])(\d{3})-(\d{2})-(\d{4})(?![\w-])")
-_CUE_TAIL = r"(?:\s*(?:number|no\.?|nr\.?|num\.?|n°|#|numéro|número|numero|nummer))?\s*[:#]?\s*"
+_SSN_DASHED = re.compile(r"(\d(?<![\w-]\d)\d{2})-(\d{2})-(\d{4})(?![\w-])")
+_CUE_TAIL = (
+    r"(?:\s*" + _words("number", "no.", "no", "nr.", "nr", "num.", "nummer", "numéro",
+                       "número", "numero", "n°", "#") + r")?\s*[:#]?\s*"
+)  # fmt: skip
 _SSN_CUED = re.compile(
-    r"(?i:\b(?:ssn|social security(?: number)?|soc\.? sec\.?)" + _CUE_TAIL + r")"
-    r"(\d{3})[ -]?(\d{2})[ -]?(\d{4})(?![\w-])"
-)
+    _words("ssn", "social security number", "social security", "soc. sec.", "soc sec")
+    + _CUE_TAIL + r"(\d{3})[ -]?(\d{2})[ -]?(\d{4})(?![\w-])"
+)  # fmt: skip
 _ROUTING = re.compile(
-    r"(?i:\b(?:routing|aba|rtn|transit)(?:\s+(?:transit|number|no\.?|#))*\s*[:#]?\s*)"
-    r"(\d{9})(?![\w-])"
-)
+    _words("routing", "aba", "rtn", "transit")
+    + r"(?:\s+" + _words("transit", "number", "no.", "no", "#") + r")*\s*[:#]?\s*"
+    + r"(\d{9})(?![\w-])"
+)  # fmt: skip
 _ACCOUNT = re.compile(
-    r"(?i:\b(?:account|acct\.?|a/c|konto(?:nummer)?|kontonr\.?|compte|cuenta|conto|rekening)"
-    + _CUE_TAIL
-    + r")(\d[\d -]{4,22}\d)(?![\w-])"
-)
+    _words("account", "acct.", "acct", "a/c", "kontonummer", "kontonr.", "kontonr", "konto",
+           "compte", "cuenta", "conto", "rekening")
+    + _CUE_TAIL + r"(\d[\d -]{4,22}\d)(?![\w-])"
+)  # fmt: skip
 _PASSPORT = re.compile(
-    r"(?i:\b(?:passport|reisepass|passnummer|passeport|pasaporte|passaporto|paszport)"
-    + _CUE_TAIL
-    + r")([A-Z0-9]{6,9})(?![\w-])"
-)
+    _words("passport", "reisepass", "passnummer", "passeport", "pasaporte", "passaporto",
+           "paszport")
+    + _CUE_TAIL + r"([A-Z0-9]{6,9})(?![\w-])"
+)  # fmt: skip
 _COUNTRIES = frozenset(
     set(IBAN_LENGTHS)
     | set(
@@ -105,12 +124,81 @@ _COUNTRIES = frozenset(
         ]
     )
 )
-_SWIFT = re.compile(r"(?<![\w-])([A-Z]{4})([A-Z]{2})([A-Z0-9]{2})([A-Z0-9]{3})?(?![\w-])")
-_SWIFT_CUE = re.compile(r"(?i:\b(?:swift|bic)\b)")
+_SWIFT = re.compile(r"([A-Z](?<![\w-][A-Z])[A-Z]{3})([A-Z]{2})([A-Z0-9]{2})([A-Z0-9]{3})?(?![\w-])")
+_SWIFT_CUES = ("swift", "bic")
+
+_EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}(?![\w-])")
+_URL = re.compile(r"(?i:\b(?:https?://|www\.))[^\s<>\"'`]+")
+_URL_TRAIL = ".,;:!?)]}'\""
+_PHONES = (
+    re.compile(r"\+(?<![\w+]\+)\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){1,6}(?![\w])"),
+    re.compile(r"\((?<!\w\()\d{3}\) ?\d{3}[ .-]\d{4}(?![\w])"),
+    re.compile(r"\d(?<![\w.-]\d)\d{2}([.-])\d{3}\1\d{4}(?![\w]|[.-]\d)"),
+    re.compile(r"0(?<![\w.-]0)\d{1,4}(?:[ /-]\d{2,8}){1,4}(?![\w]|[.-]\d)"),
+)
+_CODES = "USD|EUR|GBP|CHF|JPY|CAD|AUD|SEK|NOK|DKK|INR|CNY|PLN|CZK"
+_NUM = r"(?:\d{1,3}(?:[,.' ]\d{3})+(?:[.,]\d{1,2})?|\d+(?:[.,]\d{1,2})?)"
+_NUM_REST = r"(?:\d{0,2}(?:[,.' ]\d{3})+(?:[.,]\d{1,2})?|\d*(?:[.,]\d{1,2})?)"
+_SCALE = r"(?:\s?(?:k|K|m|M|bn|mn|million|billion|thousand|Mio\.?|Mrd\.?|millions?|milliards?)\b)?"
+_AMOUNT = re.compile(
+    rf"(?:[$€£¥₹₣]|US\$)\s?{_NUM}{_SCALE}"
+    rf"|(?:{_CODES})(?<![A-Za-z][A-Z]{{3}})\s?{_NUM}{_SCALE}"
+    rf"|\d(?<![\w.,]\d){_NUM_REST}{_SCALE}\s?(?:[$€£¥₹]|(?:{_CODES}|[Ee]uros?|EUROS?|[Dd]ollars?"
+    r"|[Pp]ounds?|[Ff]rancs?)\b)"
+)
+MONTHS = frozenset(
+    """january february march april may june july august september october november december
+    jan feb mar apr jun jul aug sep sept oct nov dec januar februar märz maerz mai juni juli
+    oktober dezember janvier février fevrier mars avril juin juillet août aout septembre octobre
+    novembre décembre decembre enero febrero marzo abril mayo junio julio agosto septiembre
+    octubre noviembre diciembre gennaio febbraio aprile maggio giugno luglio settembre ottobre
+    dicembre""".split()  # noqa: SIM905
+)
+_MONTH_RE = "|".join(sorted(MONTHS, key=len, reverse=True))
+_DATES = (
+    re.compile(r"(\d(?<![\w.-]\d)\d{3})-(\d{2})-(\d{2})(?:[T ]\d{2}:\d{2}(?::\d{2})?)?(?![\w-])"),
+    re.compile(r"(\d(?<![\w./-]\d)\d?)/(\d{1,2})/(\d{4}|\d{2})(?![\w/]|\.\d)"),
+    re.compile(r"(\d(?<![\w./-]\d)\d?)([.-])(\d{1,2})\2(\d{4})(?![\w]|[.-]\d)"),
+    re.compile(
+        rf"\d(?<!\w\d)\d?(?:st|nd|rd|th|er|º|\.)?\s+(?:de\s+)?(?i:{_MONTH_RE})\.?,?\s+"
+        r"(?:de\s+)?\d{4}(?!\w)"
+    ),
+)
+_YEAR = re.compile(r"\d(?<![\w.,]\d)\d{3}(?!\w|[.,]\d)")
+_MONTH_BEFORE = re.compile(r"(?<!\w)([^\W\d_]{3,10})\.?(?:\s+\d{1,2}(?:st|nd|rd|th)?,?)?\s+\Z")
+_UP = r"[A-ZÄÖÜÁÉÍÓÚÀÈÂÊÎÔÛÇÑ]"
+_ADDRESS_EN = re.compile(
+    rf"\d(?<![\w.-]\d)\d{{0,4}}[A-Za-z]?\s+(?:{_UP}[\w'.-]*\s+){{1,4}}"
+    r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Way|Court|Ct|Place|Pl"
+    r"|Terrace|Parkway|Pkwy|Square|Sq|Highway|Hwy|Close|Crescent)\b"
+    r"(?:,?\s+(?:Suite|Ste\.?|Apt\.?|Unit|Floor|#)\s*\w+)?"
+)
+_ADDRESS_DE = re.compile(
+    _words("straße", "strasse", "str.", "weg", "gasse", "platz", "allee", "damm", "ufer")
+    + r"\s+\d{1,4}\s?[a-z]?(?![\w])"
+)
+_ADDRESS_FR = re.compile(
+    r"\d(?<![\w.-]\d)\d{0,3}(?:\s?(?:bis|ter))?,?\s+(?i:rue|avenue|av\.|boulevard|bd|place|chemin"
+    r"|quai|allée|impasse|route)\s+(?:(?:de la|de l'|du|des|de|d')\s*)?"
+    rf"{_UP}[\w'-]*(?:\s+{_UP}[\w'-]*){{0,3}}"
+)
+_ADDRESS_ES = re.compile(
+    r"(?:Calle|Avenida|Avda\.|Plaza|Paseo|Via|Viale|Piazza|Corso|Largo)\s+"
+    rf"(?:(?:de la|del|de|della|dei|delle|di)\s+)?{_UP}[\w'-]*(?:\s+{_UP}[\w'-]*){{0,3}},?"
+    r"\s+\d{1,4}(?!\w)"
+)
+_LONG_DIGITS = re.compile(r"\d(?<![\w.,+-]\d)\d{7,}(?![\w-]|[.,]\d)")
 
 
-def _iban(text: str) -> Iterator[Span]:
-    for m in _IBAN.finditer(text):
+def _word_start(text: str, i: int) -> bool:
+    return i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")
+
+
+# --- tier 1 ------------------------------------------------------------------------------
+
+
+def _iban(text: str, a: int, b: int) -> Iterator[Span]:
+    for m in _IBAN.finditer(text, a, b):
         want = IBAN_LENGTHS.get(m.group()[:2])
         compact = m.group().replace(" ", "")
         if want is None or len(compact) < want:
@@ -127,130 +215,88 @@ def _iban(text: str) -> Iterator[Span]:
         yield Span(m.start(), end, tier, "iban")
 
 
-def _cards(text: str) -> Iterator[Span]:
-    for m in _CARD.finditer(text):
+def _cards(text: str, a: int, b: int) -> Iterator[Span]:
+    for m in _CARD.finditer(text, a, b):
         digits = re.sub(r"[ -]", "", m.group())
         yield Span(m.start(), m.end(), 1 if luhn_valid(digits) else PLAIN, "card")
 
 
-def _ssn(text: str) -> Iterator[Span]:
-    for m in _SSN_DASHED.finditer(text):
+def _ssn_dashed(text: str, a: int, b: int) -> Iterator[Span]:
+    for m in _SSN_DASHED.finditer(text, a, b):
         yield Span(m.start(), m.end(), 1 if ssn_valid(*m.groups()) else PLAIN, "ssn")
-    for m in _SSN_CUED.finditer(text):
-        yield Span(m.start(1), m.end(3), 1 if ssn_valid(*m.groups()) else PLAIN, "ssn")
 
 
-def _routing(text: str) -> Iterator[Span]:
-    for m in _ROUTING.finditer(text):
-        yield Span(m.start(1), m.end(1), 1 if aba_valid(m.group(1)) else PLAIN, "routing")
+def _ssn_cued(text: str, a: int, b: int) -> Iterator[Span]:
+    for m in _SSN_CUED.finditer(text, a, b):
+        if _word_start(text, m.start()):
+            g = m.groups()
+            yield Span(m.start(1), m.end(3), 1 if ssn_valid(*g) else PLAIN, "ssn")
 
 
-def _account(text: str) -> Iterator[Span]:
-    for m in _ACCOUNT.finditer(text):
-        if sum(c.isdigit() for c in m.group(1)) >= 6:
+def _routing(text: str, a: int, b: int) -> Iterator[Span]:
+    for m in _ROUTING.finditer(text, a, b):
+        if _word_start(text, m.start()):
+            tier = 1 if aba_valid(m.group(1)) else PLAIN
+            yield Span(m.start(1), m.end(1), tier, "routing")
+
+
+def _account(text: str, a: int, b: int) -> Iterator[Span]:
+    for m in _ACCOUNT.finditer(text, a, b):
+        if _word_start(text, m.start()) and sum(c.isdigit() for c in m.group(1)) >= 6:
             yield Span(m.start(1), m.end(1), 1, "account")
 
 
-def _passport(text: str) -> Iterator[Span]:
-    for m in _PASSPORT.finditer(text):
-        if any(c.isdigit() for c in m.group(1)):
+def _passport(text: str, a: int, b: int) -> Iterator[Span]:
+    for m in _PASSPORT.finditer(text, a, b):
+        if _word_start(text, m.start()) and any(c.isdigit() for c in m.group(1)):
             yield Span(m.start(1), m.end(1), 1, "passport")
 
 
-def _swift(text: str) -> Iterator[Span]:
-    for m in _SWIFT.finditer(text):
+def _swift(text: str, a: int, b: int) -> Iterator[Span]:
+    for m in _SWIFT.finditer(text, a, b):
         if m.group(2) not in _COUNTRIES:
             continue
-        cued = _SWIFT_CUE.search(text, max(0, m.start() - 40), m.start()) is not None
+        before = text[max(0, m.start() - 40) : m.start()].lower()
+        cued = any(cue in before for cue in _SWIFT_CUES)
         if cued or any(c.isdigit() for c in m.group(3)):
             yield Span(m.start(), m.end(), 1, "swift")
 
 
-TIER1 = (_iban, _cards, _ssn, _routing, _account, _passport, _swift)
+TIER1: tuple[tuple[Detector, bool], ...] = (
+    (_iban, False), (_cards, False), (_ssn_dashed, False), (_ssn_cued, True), (_routing, True),
+    (_account, True), (_passport, True), (_swift, True),
+)  # fmt: skip
+"""(detector, needs the wide window: cue words or names before or after the number)."""
 
 # --- tier 2 ------------------------------------------------------------------------------
 
-_EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}(?![\w-])")
-_URL = re.compile(r"(?i:\b(?:https?://|www\.))[^\s<>\"'`]+")
-_URL_TRAIL = ".,;:!?)]}'\""
-_PHONES = (
-    re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){1,6}(?![\w])"),
-    re.compile(r"(?<![\w])\(\d{3}\) ?\d{3}[ .-]\d{4}(?![\w])"),
-    re.compile(r"(?<![\w.-])\d{3}([.-])\d{3}\1\d{4}(?![\w]|[.-]\d)"),
-    re.compile(r"(?<![\w.-])0\d{1,4}(?:[ /-]\d{2,8}){1,4}(?![\w]|[.-]\d)"),
-)
-_CURRENCY = r"(?:[$€£¥₹₣]|US\$|\b(?:USD|EUR|GBP|CHF|JPY|CAD|AUD|SEK|NOK|DKK|INR|CNY|PLN|CZK)\b)"
-_NUM = r"\d{1,3}(?:[,.' ]\d{3})+(?:[.,]\d{1,2})?|\d+(?:[.,]\d{1,2})?"
-_SCALE = r"(?:\s?(?:k|K|m|M|bn|mn|million|billion|thousand|Mio\.?|Mrd\.?|millions?|milliards?)\b)?"
-_AMOUNT = re.compile(
-    rf"{_CURRENCY}\s?(?:{_NUM}){_SCALE}"
-    rf"|(?<![\w.,])(?:{_NUM}){_SCALE}\s?(?:[$€£¥₹]|\b(?:USD|EUR|GBP|CHF|JPY|CAD|AUD|SEK|NOK|DKK"
-    r"|INR|CNY|PLN|CZK|[Ee]uros?|EUROS?|[Dd]ollars?|[Pp]ounds?|[Ff]rancs?)\b)"
-)
-_MONTHS = (
-    "january|february|march|april|may|june|july|august|september|october|november|december|"
-    "jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec|"
-    "januar|februar|märz|maerz|mai|juni|juli|oktober|dezember|"
-    "janvier|février|fevrier|mars|avril|juin|juillet|août|aout|septembre|octobre|novembre|"
-    "décembre|decembre|"
-    "enero|febrero|marzo|abril|mayo|junio|julio|agosto|septiembre|octubre|noviembre|diciembre|"
-    "gennaio|febbraio|aprile|maggio|giugno|luglio|settembre|ottobre|dicembre"
-)
-_DATES = (
-    re.compile(r"(?<![\w.-])(\d{4})-(\d{2})-(\d{2})(?:[T ]\d{2}:\d{2}(?::\d{2})?)?(?![\w-])"),
-    re.compile(r"(?<![\w./-])(\d{1,2})/(\d{1,2})/(\d{4}|\d{2})(?![\w/]|\.\d)"),
-    re.compile(r"(?<![\w./-])(\d{1,2})([.-])(\d{1,2})\2(\d{4})(?![\w]|[.-]\d)"),
-    re.compile(
-        rf"(?i:(?<!\w)\d{{1,2}}(?:st|nd|rd|th|er|º|\.)?\s+(?:de\s+)?(?:{_MONTHS})\.?,?\s+"
-        rf"(?:de\s+)?\d{{4}}(?!\w))"
-    ),
-    re.compile(rf"(?i:(?<!\w)(?:{_MONTHS})\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}(?!\w))"),
-    re.compile(rf"(?i:(?<!\w)(?:{_MONTHS})\s+\d{{4}}(?!\w))"),
-)
-_UP = r"[A-ZÄÖÜÁÉÍÓÚÀÈÂÊÎÔÛÇÑ]"
-_ADDRESSES = (
-    re.compile(
-        rf"(?<![\w.-])\d{{1,5}}[A-Za-z]?\s+(?:{_UP}[\w'.-]*\s+){{1,4}}"
-        r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Way|Court|Ct|Place|Pl"
-        r"|Terrace|Parkway|Pkwy|Square|Sq|Highway|Hwy|Close|Crescent)\b"
-        r"(?:,?\s+(?:Suite|Ste\.?|Apt\.?|Unit|Floor|#)\s*\w+)?"
-    ),
-    re.compile(
-        rf"(?<!\w)(?:{_UP}[\wäöüß-]*\s+)?{_UP}?[\wäöüß-]*(?i:straße|strasse|str\.|weg|gasse|platz"
-        r"|allee|damm|ufer)\s+\d{1,4}\s?[a-z]?(?![\w])"
-    ),
-    re.compile(
-        r"(?<![\w.-])\d{1,4}(?:\s?(?:bis|ter))?,?\s+(?i:rue|avenue|av\.|boulevard|bd|place|chemin"
-        r"|quai|allée|impasse|route)\s+(?:(?:de la|de l'|du|des|de|d')\s*)?"
-        rf"{_UP}[\w'-]*(?:\s+{_UP}[\w'-]*){{0,3}}"
-    ),
-    re.compile(
-        r"(?<!\w)(?:Calle|Avenida|Avda\.|Plaza|Paseo|Via|Viale|Piazza|Corso|Largo)\s+"
-        rf"(?:(?:de la|del|de|della|dei|delle|di)\s+)?{_UP}[\w'-]*(?:\s+{_UP}[\w'-]*){{0,3}},?"
-        r"\s+\d{1,4}(?!\w)"
-    ),
-)
-_LONG_DIGITS = re.compile(r"(?<![\w.,+-])\d{8,}(?![\w-]|[.,]\d)")
+
+def _matcher(pattern: re.Pattern[str], kind: str) -> Detector:
+    def run(text: str, a: int, b: int) -> Iterator[Span]:
+        for m in pattern.finditer(text, a, b):
+            yield Span(m.start(), m.end(), 2, kind)
+
+    return run
 
 
-def _matches(pattern: re.Pattern[str], text: str, kind: str) -> Iterator[Span]:
-    for m in pattern.finditer(text):
-        yield Span(m.start(), m.end(), 2, kind)
+_EMAILS = _matcher(_EMAIL, "EMAIL")
 
 
-def _urls(text: str) -> Iterator[Span]:
-    for m in _URL.finditer(text):
+def _urls(text: str, a: int, b: int) -> Iterator[Span]:
+    for m in _URL.finditer(text, a, b):
         end = m.end()
         while end > m.start() and text[end - 1] in _URL_TRAIL:
             end -= 1
         yield Span(m.start(), end, 2, "URL")
 
 
-def _phones(text: str) -> Iterator[Span]:
-    for pattern in _PHONES:
-        for m in pattern.finditer(text):
+def _phone(pattern: re.Pattern[str]) -> Detector:
+    def run(text: str, a: int, b: int) -> Iterator[Span]:
+        for m in pattern.finditer(text, a, b):
             if 8 <= sum(c.isdigit() for c in m.group()) <= 15:
                 yield Span(m.start(), m.end(), 2, "PHONE")
+
+    return run
 
 
 def _valid_date(m: re.Match[str]) -> bool:
@@ -265,16 +311,118 @@ def _valid_date(m: re.Match[str]) -> bool:
     return True
 
 
-def _dates(text: str) -> Iterator[Span]:
-    for pattern in _DATES:
-        for m in pattern.finditer(text):
+def _date(pattern: re.Pattern[str]) -> Detector:
+    def run(text: str, a: int, b: int) -> Iterator[Span]:
+        for m in pattern.finditer(text, a, b):
             if _valid_date(m):
                 yield Span(m.start(), m.end(), 2, "DATE")
 
+    return run
 
-def _addresses(text: str) -> Iterator[Span]:
-    for pattern in _ADDRESSES:
-        yield from _matches(pattern, text, "ADDRESS")
+
+def _month_first(text: str, a: int, b: int) -> Iterator[Span]:
+    """``March 2024``, ``March 5, 2024``: found from the year, the month word checked before."""
+    for m in _YEAR.finditer(text, a, b):
+        before = _MONTH_BEFORE.search(text, max(0, m.start() - 24), m.start())
+        if before and before.group(1).lower() in MONTHS:
+            yield Span(before.start(), m.end(), 2, "DATE")
+
+
+def _address_de(text: str, a: int, b: int) -> Iterator[Span]:
+    """``Hauptstraße 12``, ``Berliner Straße 5``: found from the street word and the number,
+    then widened to the capitalised word(s) the street word ends."""
+    for m in _ADDRESS_DE.finditer(text, a, b):
+        start = m.start()
+        while start > 0 and (text[start - 1].isalpha() or text[start - 1] == "-"):
+            start -= 1
+        if start == m.start():  # a word of its own: take the capitalised word before it
+            prev = start - 1
+            while prev > 0 and text[prev - 1].isalpha():
+                prev -= 1
+            if prev < start - 1 and text[start - 1] == " " and text[prev].isupper():
+                start = prev
+        if text[start].isupper():
+            yield Span(start, m.end(), 2, "ADDRESS")
+
+
+def _address_es(text: str, a: int, b: int) -> Iterator[Span]:
+    for m in _ADDRESS_ES.finditer(text, a, b):
+        if _word_start(text, m.start()):
+            yield Span(m.start(), m.end(), 2, "ADDRESS")
+
+
+TIER2_IN_WINDOWS: tuple[tuple[tuple[Detector, bool], ...], ...] = (
+    ((_matcher(_ADDRESS_EN, "ADDRESS"), True), (_address_de, True),
+     (_matcher(_ADDRESS_FR, "ADDRESS"), True), (_address_es, True)),
+    (*((_date(p), False) for p in _DATES), (_month_first, True)),
+    ((_matcher(_AMOUNT, "AMOUNT"), False),),
+    tuple((_phone(p), False) for p in _PHONES),
+    ((_matcher(_LONG_DIGITS, "NUMBER"), False),),
+)  # fmt: skip
+"""Addresses, dates, amounts, phones, long digit runs: in this order of priority."""
+
+# --- where to look -----------------------------------------------------------------------
+
+_DIGIT_RUN = re.compile(r"[0-9]+")
+MARGIN = 64
+"""Characters around a digit run where cue words, street or month names may be (wide)."""
+TIGHT = (6, 36)
+"""Before and after a digit run for patterns that start at most a currency code before it
+and end a scale and currency word after it (tight)."""
+
+
+def _end_at_space(text: str, b: int) -> int:
+    """Push a window's end to the next whitespace (bounded), so lookaheads at its end see
+    what they would see in the whole text."""
+    if b >= len(text):
+        return len(text)
+    ends = [i for i in (text.find(" ", b, b + MARGIN), text.find("\n", b, b + MARGIN)) if i != -1]
+    return min(ends) if ends else min(len(text), b + MARGIN)
+
+
+def windows(
+    text: str, runs: list[tuple[int, int]] | None = None, before: int = MARGIN, after: int = MARGIN
+) -> list[tuple[int, int]]:
+    """(start, end) of the stretches around the text's digit runs (near ones merged): every
+    detector but the entity, e-mail, URL and cued-SWIFT ones needs a digit, and looks only
+    there. Lookbehinds see the text before a window; its end is at a whitespace."""
+    if runs is None:
+        runs = [m.span() for m in _DIGIT_RUN.finditer(text)]
+    out: list[tuple[int, int]] = []
+    start = end = -1
+    for s, e in runs:
+        if start != -1 and s - end <= before + after:
+            end = e
+            continue
+        if start != -1:
+            out.append((max(0, start - before), _end_at_space(text, end + after)))
+        start, end = s, e
+    if start != -1:
+        out.append((max(0, start - before), _end_at_space(text, end + after)))
+    return out
+
+
+_NON_SPACE = re.compile(r"\S*")
+
+
+def _around(text: str, low: str, needles: tuple[str, ...], before: int, after: int = 0
+            ) -> list[tuple[int, int]]:  # fmt: skip
+    """Windows around each occurrence of the needles (in the lower-cased text): from
+    ``before`` characters before it to the end of its word (at least ``after`` past it)."""
+    out = []
+    for needle in needles:
+        pos = low.find(needle)
+        while pos != -1:
+            m = _NON_SPACE.match(text, pos)
+            end = max(m.end() if m else pos, min(len(text), pos + after))
+            out.append((max(0, pos - before), _end_at_space(text, end)))
+            pos = low.find(needle, pos + 1)
+    return out
+
+
+def _in(detector: Detector, text: str, wins: list[tuple[int, int]]) -> Iterator[Span]:
+    for a, b in wins:
+        yield from detector(text, a, b)
 
 
 # --- resolution --------------------------------------------------------------------------
@@ -297,22 +445,29 @@ def detect(
 ) -> list[Span]:
     """Every span to replace or keep, sorted, non-overlapping. Priority: token-shaped text
     already present, tier 1 (and checksum-invalid look-alikes), known entities, then
-    emails, URLs, addresses, dates, amounts, phones, long digit runs."""
+    e-mails, URLs, addresses, dates, amounts, phones, long digit runs."""
     mask = bytearray(len(text))
     out: list[Span] = []
     _claim((Span(m.start(), m.end(), 2, LITERAL) for m in TOKEN_RE.finditer(text)), mask, out)
-    for detector in TIER1:
-        _claim(detector(text), mask, out)
+    runs = [m.span() for m in _DIGIT_RUN.finditer(text)]
+    wide, tight = windows(text, runs), windows(text, runs, *TIGHT)
+    low = text.lower()
+    if len(low) != len(text):  # a lower-casing that changes length: keep positions
+        low = "".join(ch.lower()[:1] or ch for ch in text)
+    for detector, needs_wide in TIER1:
+        _claim(_in(detector, text, wide if needs_wide else tight), mask, out)
+    _claim(_in(_swift, text, _around(text, low, _SWIFT_CUES, 0, 48)), mask, out)
     if entities is not None:
         _claim((Span(e.start, e.end, 2, e.kind) for e in entities.find(text)), mask, out)
-    _claim(_matches(_EMAIL, text, "EMAIL"), mask, out)
-    _claim(_urls(text), mask, out)
-    _claim(_addresses(text), mask, out)
-    if dates:
-        _claim(_dates(text), mask, out)
-    if amounts:
-        _claim(_matches(_AMOUNT, text, "AMOUNT"), mask, out)
-    _claim(_phones(text), mask, out)
-    _claim(_matches(_LONG_DIGITS, text, "NUMBER"), mask, out)
+    _claim(_in(_EMAILS, text, _around(text, low, ("@",), 64)), mask, out)
+    _claim(_in(_urls, text, _around(text, low, ("http", "www."), 0)), mask, out)
+    skip = {1} if not dates else set()
+    if not amounts:
+        skip.add(2)
+    for i, group in enumerate(TIER2_IN_WINDOWS):
+        if i in skip:
+            continue
+        for detector, needs_wide in group:
+            _claim(_in(detector, text, wide if needs_wide else tight), mask, out)
     out.sort()
     return out

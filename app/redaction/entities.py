@@ -12,8 +12,6 @@ import unicodedata
 from functools import lru_cache
 from typing import NamedTuple
 
-_NON_ASCII = re.compile(r"[^\x00-\x7f]")
-
 
 class EntityMatch(NamedTuple):
     start: int
@@ -30,27 +28,48 @@ def fold_char(ch: str) -> str:
 def fold(text: str) -> tuple[str, list[int] | None]:
     """The folded text and, when folding changed its length, each folded char's source index
     (None: positions are the same in both)."""
-    if text.isascii():
-        return text.lower(), None
-    same_length = True
-
-    def one(m: re.Match[str]) -> str:
-        nonlocal same_length
-        f = fold_char(m.group())
-        if len(f) != 1:
-            same_length = False
-        return f
-
-    folded = _NON_ASCII.sub(one, text).lower()
-    if same_length:
-        return folded, None
+    low = text.lower()
+    if low.isascii():
+        return low, None
+    if len(low) != len(text):  # a lower-casing that changes length (İ): char by char
+        return _fold_each(text)
+    # the non-ASCII characters, found by byte searches (fast); each distinct one whose fold
+    # keeps the length (é → e) is replaced in one pass, the others (ß → ss) spliced in
+    marked = low.encode("ascii", "replace")
+    where: list[int] = []
+    pos = marked.find(b"?")
+    while pos != -1:
+        where.append(pos)
+        pos = marked.find(b"?", pos + 1)
+    folds = {ch: fold_char(ch) for ch in {low[i] for i in where} if ch != "?"}
+    for ch, f in folds.items():
+        if len(f) == 1 and f != ch:
+            low = low.replace(ch, f)
+    splice = [i for i in where if len(folds.get(low[i], "?")) != 1]
+    if not splice:
+        return low, None
     parts: list[str] = []
+    index: list[int] = []
+    pos = 0
+    for i in splice:
+        f = folds[low[i]]
+        parts += (low[pos:i], f)
+        index.extend(range(pos, i))
+        index.extend([i] * len(f))
+        pos = i + 1
+    parts.append(low[pos:])
+    index.extend(range(pos, len(low)))
+    return "".join(parts), index
+
+
+def _fold_each(text: str) -> tuple[str, list[int]]:
+    chars: list[str] = []
     index: list[int] = []
     for i, ch in enumerate(text):
         f = ch.lower() if ch.isascii() else fold_char(ch)
-        parts.append(f)
+        chars.append(f)
         index.extend([i] * len(f))
-    return "".join(parts), index
+    return "".join(chars), index
 
 
 def fold_key(value: str) -> str:
@@ -65,7 +84,9 @@ def _pattern(folded: str) -> str:
 
 
 class EntityMatcher:
-    """One compiled alternation over every known entity (longest first)."""
+    """Known entities by the first word of their folded form: each is looked for with a plain
+    substring search (fast), then confirmed by its own anchored pattern (whitespace runs,
+    word boundaries). The longest candidate at a position wins."""
 
     def __init__(self, entities: tuple[tuple[str, str], ...]) -> None:
         by_key: dict[str, str] = {}
@@ -73,26 +94,34 @@ class EntityMatcher:
             key = fold_key(value)
             if key:
                 by_key.setdefault(key, kind)
-        self.kinds: list[str] = []
-        alternatives: list[str] = []
+        self.by_first: dict[str, list[tuple[re.Pattern[str], str]]] = {}
         for key in sorted(by_key, key=len, reverse=True):
-            self.kinds.append(by_key[key])
-            alternatives.append(f"({_pattern(key)})")
-        self.regex = re.compile("|".join(alternatives)) if alternatives else None
+            first = key.split(" ", 1)[0]
+            self.by_first.setdefault(first, []).append((re.compile(_pattern(key)), by_key[key]))
 
     def find(self, text: str) -> list[EntityMatch]:
-        if self.regex is None:
+        if not self.by_first:
             return []
         folded, index = fold(text)
         out: list[EntityMatch] = []
-        for m in self.regex.finditer(folded):
-            a, b = m.span()
-            if index is not None:
-                a, b = index[a], index[b - 1] + 1
-            while b < len(text) and unicodedata.combining(text[b]):
-                b += 1  # a decomposed accent belongs to the matched letter
-            out.append(EntityMatch(a, b, self.kinds[(m.lastindex or 1) - 1]))
+        for first, candidates in self.by_first.items():
+            pos = folded.find(first)
+            while pos != -1:
+                for pattern, kind in candidates:
+                    m = pattern.match(folded, pos)
+                    if m:
+                        out.append(self._span(text, index, m.start(), m.end(), kind))
+                        break
+                pos = folded.find(first, pos + 1)
         return out
+
+    @staticmethod
+    def _span(text: str, index: list[int] | None, a: int, b: int, kind: str) -> EntityMatch:
+        if index is not None:
+            a, b = index[a], index[b - 1] + 1
+        while b < len(text) and unicodedata.combining(text[b]):
+            b += 1  # a decomposed accent belongs to the matched letter
+        return EntityMatch(a, b, kind)
 
 
 @lru_cache(maxsize=256)

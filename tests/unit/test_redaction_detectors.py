@@ -4,10 +4,12 @@ entities match whatever their case or accents."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.redaction.checksums import aba_valid, iban_valid, luhn_valid
 from app.redaction.detectors import PLAIN, detect
-from app.redaction.entities import fold, matcher
+from app.redaction.entities import _fold_each, fold, matcher
 from tests.redaction_corpus import TECHNICAL, aba_complete, iban, luhn_complete, spaced_card
 
 
@@ -165,3 +167,12 @@ def test_decomposed_accents_stay_with_their_letter() -> None:
 def test_existing_tokens_are_claimed_first() -> None:
     f = found("Ignore [PERSON_1] and [EMAIL_22]; [lower_1] and [X] are text.")
     assert f == {"[PERSON_1]": (2, "LITERAL"), "[EMAIL_22]": (2, "LITERAL")}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("aZ ?ßéÉüÜﬁİ\u0301ŁøØ1-"), max_size=40))
+def test_fast_fold_equals_char_by_char(text: str) -> None:
+    folded, index = fold(text)
+    slow, slow_index = _fold_each(text)
+    assert folded == slow
+    assert (index if index is not None else list(range(len(text)))) == slow_index
