@@ -73,7 +73,7 @@ class Proxy:
         await self.scheduler.stop()
         await self.metrics.stop()
         await self.router.stop()
-        await self.client.aclose()
+        await self.client.close()
 
     def _placement_changed(self) -> None:
         for host in self.settings.aliases:
@@ -217,10 +217,16 @@ class Proxy:
         if target is None:
             self.metrics.failed("stt")
             raise UnknownModel("no speech-to-text service configured (services.yaml, kind stt)")
-        return await self._relay(
-            request, target, path, _limited(request, limit), length, started=started,
-            lease=None, label=target.served, chunk_transform=None, watch=False,
-        )  # fmt: skip
+        body = _Limited(request, limit)
+        try:
+            return await self._relay(
+                request, target, path, body.__aiter__(), length, started=started,
+                lease=None, label=target.served, chunk_transform=None, watch=False,
+            )  # fmt: skip
+        except SparkError as exc:
+            if body.exceeded:
+                raise TooLarge(f"upload over {limit} bytes") from exc
+            raise
 
     async def _relay(
         self,
@@ -248,17 +254,17 @@ class Proxy:
                 lease.release()
             metrics.finished(label, ok=False, ttfb_s=None, total_s=0.0, tokens=None)
             raise
-        if target.kind in ("stt", "tts") and resp.status_code >= 500:
-            await resp.aclose()
+        if target.kind in ("stt", "tts") and resp.status >= 500:
+            resp.close()
             if lease is not None:
                 lease.release()
             metrics.finished(label, ok=False, ttfb_s=None, total_s=0.0, tokens=None)
             self.probe_service(target.served)
             raise Busy(
-                f"speech service {target.served} failed (HTTP {resp.status_code}); probing it",
+                f"speech service {target.served} failed (HTTP {resp.status}); probing it",
                 retry_after=SPEECH_RETRY_AFTER_S, code="UPSTREAM_FAILING",
             )  # fmt: skip
-        status_ok = resp.status_code < 400
+        status_ok = resp.status < 400
 
         def done(ok: bool, ttfb: float | None, tail: bytes) -> None:
             if lease is not None:
@@ -268,6 +274,8 @@ class Proxy:
                 total_s=time.perf_counter() - started, tokens=completion_tokens(tail),
             )  # fmt: skip
 
+        if chunk_transform is None and fw.complete_body(resp):
+            return await fw.whole_response(resp, started, done)
         relay = fw.Relay(resp, started, done)
         body = relay if chunk_transform is None else chunk_transform(relay)
         return fw.stream_response(resp, body, keep_length=chunk_transform is None)
@@ -278,15 +286,22 @@ class TooLarge(SparkError):
     status = 413
 
 
-async def _limited(request: Request[Any, Any, Any], limit: int) -> AsyncIterator[bytes]:
-    """The request body as it arrives, refused past ``limit`` bytes."""
-    seen = 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen > limit:
-            raise TooLarge(f"upload over {limit} bytes")
-        if chunk:
-            yield chunk
+class _Limited:
+    """The request body as it arrives, refused past ``limit`` bytes (``exceeded`` tells the
+    caller why the upload stopped, whatever the HTTP client made of the error)."""
+
+    def __init__(self, request: Request[Any, Any, Any], limit: int):
+        self.request, self.limit, self.exceeded = request, limit, False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self.request.stream():
+            seen += len(chunk)
+            if seen > self.limit:
+                self.exceeded = True
+                raise TooLarge(f"upload over {self.limit} bytes")
+            if chunk:
+                yield chunk
 
 
 def _with_model(raw: bytes, served: str) -> bytes:

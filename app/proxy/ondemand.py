@@ -59,7 +59,9 @@ class Lease:
             self.sched.in_flight.pop((self.host, self.key), None)
         else:
             self.sched.in_flight[(self.host, self.key)] = n
-        self.sched.wake(self.host)
+        q = self.sched.queues.get(self.host)
+        if q is not None and q.waiting:  # only a waiting model cares that this one drained
+            q.event.set()
 
 
 @dataclass(eq=False)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 import msgspec
 import nats.errors
 import nats.js.errors
@@ -73,7 +73,7 @@ def recipe_names(key: str, recipe: dict[str, Any]) -> tuple[str, list[str]]:
 class Router:
     """The routing table, refreshed from the bus and by polling; reads never wait."""
 
-    def __init__(self, settings: Settings, bus: Bus | None, client: httpx.AsyncClient):
+    def __init__(self, settings: Settings, bus: Bus | None, client: aiohttp.ClientSession):
         self.settings = settings
         self.bus = bus
         self.client = client
@@ -278,11 +278,13 @@ class Router:
 
         async def one(url: str) -> None:
             try:
-                r = await self.client.get(f"{url.rstrip('/')}/v1/models", timeout=5.0)
-                r.raise_for_status()
-                data = r.json().get("data") or []
+                async with self.client.get(
+                    f"{url.rstrip('/')}/v1/models", timeout=aiohttp.ClientTimeout(total=5.0)
+                ) as r:
+                    r.raise_for_status()
+                    data = (await r.json(content_type=None)).get("data") or []
                 self.external[url] = [str(m["id"]) for m in data if isinstance(m, dict)]
-            except (httpx.HTTPError, ValueError, KeyError, AttributeError) as exc:
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, AttributeError) as exc:
                 log.info("proxy: upstream %s: /v1/models failed (%s)", url, type(exc).__name__)
 
         await asyncio.gather(*(one(u) for u in self.settings.upstreams))
