@@ -19,6 +19,9 @@ from typing import Any
 import aiohttp
 from litestar import Request, Response
 from litestar.response import Stream
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import Receive, Send
 
 from app.config import Settings
 from app.proxy.errors import ProxyError, UpstreamTimeout, UpstreamUnreachable
@@ -223,6 +226,41 @@ async def whole_response(
     return Response(body, status_code=resp.status, headers=headers, media_type=media)
 
 
+class _RelayASGI(ASGIStreamingResponse):
+    """Litestar's streaming response with the disconnect watch on plain asyncio tasks (its
+    own uses an anyio task group, a measurable share of the proxy's added latency)."""
+
+    __slots__ = ()
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        streaming = asyncio.ensure_future(self._stream(send))
+        gone = asyncio.ensure_future(_until_disconnect(receive))
+        try:
+            await asyncio.wait({streaming, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not streaming.done():  # the client left: stop relaying (closes the upstream)
+                streaming.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await streaming
+        if not streaming.cancelled():
+            streaming.result()
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class RelayStream(Stream):
+    """A ``Stream`` answered by :class:`_RelayASGI`."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        response = super().to_asgi_response(*args, **kwargs)
+        response.__class__ = _RelayASGI
+        return response
+
+
 def stream_response(
     resp: aiohttp.ClientResponse,
     body: AsyncIterable[bytes],
@@ -236,4 +274,4 @@ def stream_response(
     if not keep_length:
         headers.pop("content-length", None)
     media = headers.pop("content-type", None) or "application/octet-stream"
-    return Stream(body, status_code=status or resp.status, headers=headers, media_type=media)
+    return RelayStream(body, status_code=status or resp.status, headers=headers, media_type=media)
