@@ -98,6 +98,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``s3://bucket/prefix/`` entries a full-``uri`` get may read; empty: none."""
     signer_timeout_s: float = 30.0
     """How long the web front waits for the signer's whole answer."""
+    transfer_namespace: str = "fleet"
+    """The signer namespace of the dashboard's "copy model to host" (push, then pull)."""
     redaction_map_db: str | None = None
     """SQLite file of the redaction maps (``REDACTION_MAP_DB``); default in ``data_dir``."""
     redaction_key: str | None = None
@@ -163,6 +165,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "signer_prefix": ("SPARK_SIGNER_PREFIX",),
     "signer_ttl_s": ("SPARK_SIGNER_TTL_S",),
     "signer_get_allow": ("SPARK_SIGNER_GET_ALLOW",),
+    "transfer_namespace": ("SPARK_TRANSFER_NAMESPACE",),
     "redaction_map_db": ("REDACTION_MAP_DB",),
     "redaction_key": ("REDACTION_KEY",),
 }
@@ -335,6 +338,8 @@ def _validate_signer(s: Settings, source: str) -> None:
         raise ConfigError(f"{source}: s3_endpoint_url: must be an http(s) URL")
     if s.signer_timeout_s <= 0:
         raise ConfigError(f"{source}: signer_timeout_s: must be > 0")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", s.transfer_namespace):
+        raise ConfigError(f"{source}: transfer_namespace: must match [A-Za-z0-9_-]{{1,64}}")
 
 
 def load_settings(path: str | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -20,7 +20,7 @@ def registry(bus: Bus, settings: Settings) -> dict[str, Action]:
         "stop": Stop(bus), "restart": Restart(bus),
         "download": Download(settings), "delete": Delete(bus), "disk": Disk(), "scan": Scan(bus),
         "service": ServiceAction(bus), "nim_install": NimInstall(settings),
-        "push": Push(bus), "pull": Pull(bus),
+        "push": Push(bus, settings), "pull": Pull(bus),
     }  # fmt: skip
     assert set(actions) == set(c.ACTIONS), "contracts.ACTIONS and the registry disagree"
     return actions

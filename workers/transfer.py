@@ -11,6 +11,8 @@ straight to the store. Every other value in a script is whitelisted, then quoted
   id of an unfinished file is kept in ``spark_state`` (``push.<digest>``); a new attempt asks the
   signer for fresh URLs of the same upload, finds the parts already there with ListParts (its
   first 1,000 parts) and skips them.
+  With ``then_pull {host, path}``, a ``pull`` onto that host is queued once the push is done
+  (the dashboard's "copy model to host").
 - ``pull {rel_path, namespace, path, parallel?}``: reads the manifest, downloads every file to
   ``<path>/<file>.spark-partial``, checks its sha256, then renames it; a failed or cancelled
   pull leaves no partial file.
@@ -33,8 +35,9 @@ from typing import Any
 import msgspec
 
 from app import contracts as c
-from app import shellsafe
+from app import jobs, shellsafe
 from app.bus import Bus
+from app.config import Settings
 from app.errors import BadRequest, HostError, SparkError
 from app.signer import chunks
 from app.signer.paths import normalise
@@ -291,15 +294,17 @@ def complete_xml(etags: dict[int, str]) -> bytes:
 
 
 class Push:
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
+    def __init__(self, bus: Bus, settings: Settings) -> None:
+        self.bus, self.settings = bus, settings
 
     async def reconcile(self, ctx: JobContext) -> Any | None:
         return None  # run again: finished files are re-signed cheaply, parts are skipped
 
     async def run(self, ctx: JobContext) -> Any:
-        args = _args(ctx, {"path", "rel_path", "namespace", "part_size_bytes", "parallel"})
+        allowed = {"path", "rel_path", "namespace", "part_size_bytes", "parallel", "then_pull"}
+        args = _args(ctx, allowed)
         path = shellsafe.check_local_path(args.get("path"), "path")
+        then_pull = self._then_pull(args.get("then_pull"))
         prefix, namespace = _prefix(args.get("rel_path")), args["namespace"]
         part_size = args.get("part_size_bytes", DEFAULT_PART)
         if (
@@ -332,9 +337,40 @@ class Push:
         if status != 200:
             raise HostError(f"push: manifest refused by the store ({status})", code="PUSH_FAILED")
         await meter.report(ctx, "push", final=True)
-        return {"host": ctx.host.alias, "uri": put["uri"].rsplit("/", 1)[0] + "/",
-                "files": len(files), "bytes": meter.total,
-                "skipped_bytes": meter.skipped}  # fmt: skip
+        result = {"host": ctx.host.alias, "uri": put["uri"].rsplit("/", 1)[0] + "/",
+                  "files": len(files), "bytes": meter.total,
+                  "skipped_bytes": meter.skipped}  # fmt: skip
+        if then_pull is not None:
+            result["pull_job"] = await self._queue_pull(ctx, then_pull, prefix, namespace)
+        return result
+
+    def _then_pull(self, value: object) -> tuple[str, str] | None:
+        """``then_pull {host, path}``: the pull queued on another host once the push is done."""
+        if value is None:
+            return None
+        if not isinstance(value, dict) or set(value) != {"host", "path"}:
+            raise BadRequest("then_pull: must be {host, path}", code="BAD_ARGS")
+        host = value["host"]
+        if not isinstance(host, str) or self.settings.host(host) is None:
+            raise BadRequest("then_pull.host: not a configured host", code="BAD_ARGS")
+        return host, shellsafe.check_local_path(value["path"], "then_pull.path")
+
+    async def _queue_pull(
+        self, ctx: JobContext, target: tuple[str, str], prefix: str, namespace: str
+    ) -> str:
+        """Queue the pull once: its job id derives from this job's, so a re-run or a
+        takeover finds it instead of queueing another."""
+        key = f"{ctx.job.id}-pull"
+        if len(key) > 64:
+            key = hashlib.sha256(ctx.job.id.encode()).hexdigest()[:32] + "-pull"
+        host, path = target
+        args = {"path": path, "rel_path": prefix, "namespace": namespace}
+        job, _ = await jobs.submit(
+            self.bus, self.settings, host, "pull", args,
+            key=key, timeout_s=ctx.timeout_s, requested_by=f"push {ctx.job.id}",
+        )  # fmt: skip
+        await ctx.progress(f"queued pull {job.id} on {host}", data={"pull_job": job.id})
+        return job.id
 
     async def _file(
         self, ctx: JobContext, namespace: str, key: str, root: str, entry: FileEntry,

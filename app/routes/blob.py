@@ -1,6 +1,9 @@
 """``POST /api/v1/blob/sign``: a bearer token names the namespace; the signing happens in the
 blob-signer worker over the bus, so the web front never holds S3 credentials. The answer is
-streamed on to the client chunk by chunk as the signer sends it."""
+streamed on to the client chunk by chunk as the signer sends it.
+
+Also the dashboard's "copy model to host": a ``push`` on one host that queues a ``pull`` onto
+another when done (workers/transfer.py), through the store and presigned URLs."""
 
 from __future__ import annotations
 
@@ -12,13 +15,15 @@ from typing import Any
 import msgspec
 from litestar import MediaType, Request, post
 from litestar.datastructures import State
-from litestar.response import Response, Stream
+from litestar.response import Response, Stream, Template
 
 from app import contracts as c
+from app import jobs, shellsafe
 from app.config import Settings
-from app.errors import SparkError, Unauthorized
+from app.errors import BadRequest, SparkError, Unauthorized
 from app.routes.deps import bus_of, settings_of
 from app.signer import chunks
+from app.signer.paths import prefix_for
 from app.signer.shapes import MAX_REQUEST_BYTES, ErrorAnswer
 
 
@@ -63,4 +68,33 @@ async def sign_blob(state: State, request: Request[Any, Any, Any]) -> Response[A
     return Stream(relay(), media_type=MediaType.JSON, status_code=200)
 
 
-ROUTES = [sign_blob]
+FORM_LIMIT = 16 * 1024
+COPY_TIMEOUT_S = 86400.0
+
+
+@post("/transfers/copy", status_code=200, request_max_body_size=FORM_LIMIT)
+async def copy_model_fragment(state: State, request: Request[Any, Any, Any]) -> Template:
+    """Form ``src``, ``path``, ``dst``, ``dest`` (absolute directories): the push's job panel.
+    The objects land under ``<signer prefix of transfer_namespace>hosts/<src>/<folder name>``."""
+    settings = settings_of(state)
+    form = await request.form()
+    fields = {k: v.strip() for k, v in form.items() if isinstance(v, str)}
+    src, dst = fields.get("src", ""), fields.get("dst", "")
+    path = shellsafe.check_local_path(fields.get("path"), "path")
+    dest = shellsafe.check_local_path(fields.get("dest") or path, "dest")
+    for alias in (src, dst):
+        jobs.check_target(settings, alias, "push")
+    if src == dst:
+        raise BadRequest("copy: pick two different hosts", code="SAME_HOST")
+    namespace = settings.transfer_namespace
+    rel_path = (
+        f"{prefix_for(settings.signer_prefix, namespace)}hosts/{src}/{path.rsplit('/', 1)[-1]}"
+    )
+    args = {"path": path, "rel_path": rel_path, "namespace": namespace,
+            "then_pull": {"host": dst, "path": dest}}  # fmt: skip
+    job, _ = await jobs.submit(bus_of(state), settings, src, "push", args,
+                               timeout_s=COPY_TIMEOUT_S, requested_by="page")  # fmt: skip
+    return Template("_job_panel.html", context={"job": job})
+
+
+ROUTES = [sign_blob, copy_model_fragment]

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app import contracts as c
@@ -221,3 +223,29 @@ async def test_cancel_stops_the_uploads_on_the_host(
 async def _final(bus: Bus, job_id: str) -> c.JobRecord | None:
     job = await jobs.get(bus, job_id)
     return job if job is not None and job.state in c.FINAL_STATES else None
+
+
+async def test_copy_model_to_host_from_the_dashboard(
+    env: tuple[Bus, Settings], tmp_path: Path
+) -> None:
+    bus, settings = env
+    src, dst = tmp_path / "ha" / "weights" / "toy", tmp_path / "hb" / "copied"
+    src.mkdir(parents=True)
+    files = make_model(src)
+    async with stack.web(settings) as base, httpx.AsyncClient(timeout=30) as client:
+        page = await client.get(f"{base}/hosts", headers={"accept": "text/html"})
+        assert 'hx-post="/transfers/copy"' in page.text
+        form = {"src": "ha", "path": str(src), "dst": "hb", "dest": str(dst)}
+        r = await client.post(f"{base}/transfers/copy", data=form, headers={"hx-request": "true"})
+        assert r.status_code == 200, r.text
+        job_id = re.search(r'id="job-([0-9a-f]+)"', r.text)
+        assert job_id, r.text
+        push = await stack.wait_for(lambda: _final(bus, job_id[1]), timeout=120)
+        assert push.state == "succeeded", (push.error, push.code)
+        assert push.args["rel_path"] == "projects/fleet/hosts/ha/toy"
+        pull = await stack.wait_for(lambda: _final(bus, push.result["pull_job"]), timeout=120)
+        assert (pull.host, pull.action, pull.state) == ("hb", "pull", "succeeded"), pull.error
+        assert tree(dst) == files
+        same = await client.post(f"{base}/transfers/copy", data={**form, "dst": "ha"},
+                                 headers={"hx-request": "true"})  # fmt: skip
+        assert same.status_code == 400 and "SAME_HOST" in same.text
