@@ -262,11 +262,49 @@ def _swift(text: str, a: int, b: int) -> Iterator[Span]:
             yield Span(m.start(), m.end(), 1, "swift")
 
 
-TIER1: tuple[tuple[Detector, bool], ...] = (
-    (_iban, False), (_cards, False), (_ssn_dashed, False), (_ssn_cued, True), (_routing, True),
-    (_account, True), (_passport, True), (_swift, True),
-)  # fmt: skip
-"""(detector, needs the wide window: cue words or names before or after the number)."""
+class Win(NamedTuple):
+    """A window around digit runs: where detectors look, and what their gates check."""
+
+    a: int
+    b: int
+    digits: int
+    longest: int
+
+
+Gate = Callable[[str, Win], bool]
+"""A cheap test that a detector could match in a window (no regex call when it cannot)."""
+
+
+def _has(*chars: str) -> Gate:
+    return lambda text, w: any(text.find(c, w.a, w.b) != -1 for c in chars)
+
+
+def _digits(n: int) -> Gate:
+    return lambda text, w: w.digits >= n
+
+
+def _run_of(n: int, *chars: str) -> Gate:
+    """A digit run of ``n`` at least (and one of ``chars`` in the window, if given)."""
+    return lambda text, w: (
+        w.longest >= n and (not chars or any(text.find(c, w.a, w.b) != -1 for c in chars))
+    )
+
+
+def _always(text: str, w: Win) -> bool:
+    return True
+
+
+TIER1: tuple[tuple[Detector, bool, Gate], ...] = (
+    (_iban, False, _digits(10)),
+    (_cards, False, _digits(13)),
+    (_ssn_dashed, False, _run_of(4, "-")),
+    (_ssn_cued, True, _digits(9)),
+    (_routing, True, _run_of(9)),
+    (_account, True, _digits(6)),
+    (_passport, True, _always),
+    (_swift, True, _always),
+)
+"""(detector, needs the wide window (cue words or names around the number), gate)."""
 
 # --- tier 2 ------------------------------------------------------------------------------
 
@@ -351,13 +389,19 @@ def _address_es(text: str, a: int, b: int) -> Iterator[Span]:
             yield Span(m.start(), m.end(), 2, "ADDRESS")
 
 
-TIER2_IN_WINDOWS: tuple[tuple[tuple[Detector, bool], ...], ...] = (
-    ((_matcher(_ADDRESS_EN, "ADDRESS"), True), (_address_de, True),
-     (_matcher(_ADDRESS_FR, "ADDRESS"), True), (_address_es, True)),
-    (*((_date(p), False) for p in _DATES), (_month_first, True)),
-    ((_matcher(_AMOUNT, "AMOUNT"), False),),
-    tuple((_phone(p), False) for p in _PHONES),
-    ((_matcher(_LONG_DIGITS, "NUMBER"), False),),
+_MONEY = re.compile(rf"[$€£¥₹₣]|{_CODES}|[Ee]uro|EURO|[Dd]ollar|[Pp]ound|[Ff]ranc")
+
+TIER2_IN_WINDOWS: tuple[tuple[tuple[Detector, bool, Gate], ...], ...] = (
+    ((_matcher(_ADDRESS_EN, "ADDRESS"), True, _always), (_address_de, True, _always),
+     (_matcher(_ADDRESS_FR, "ADDRESS"), True, _always), (_address_es, True, _always)),
+    ((_date(_DATES[0]), False, _run_of(4, "-")), (_date(_DATES[1]), False, _has("/")),
+     (_date(_DATES[2]), False, _run_of(4, ".", "-")), (_date(_DATES[3]), False, _run_of(4)),
+     (_month_first, True, _run_of(4))),
+    ((_matcher(_AMOUNT, "AMOUNT"), False,
+      lambda text, w: _MONEY.search(text, w.a, w.b) is not None),),
+    ((_phone(_PHONES[0]), False, _has("+")), (_phone(_PHONES[1]), False, _has("(")),
+     (_phone(_PHONES[2]), False, _run_of(4, "-", ".")), (_phone(_PHONES[3]), False, _has("0"))),
+    ((_matcher(_LONG_DIGITS, "NUMBER"), False, _run_of(8)),),
 )  # fmt: skip
 """Addresses, dates, amounts, phones, long digit runs: in this order of priority."""
 
@@ -382,23 +426,26 @@ def _end_at_space(text: str, b: int) -> int:
 
 def windows(
     text: str, runs: list[tuple[int, int]] | None = None, before: int = MARGIN, after: int = MARGIN
-) -> list[tuple[int, int]]:
-    """(start, end) of the stretches around the text's digit runs (near ones merged): every
-    detector but the entity, e-mail, URL and cued-SWIFT ones needs a digit, and looks only
-    there. Lookbehinds see the text before a window; its end is at a whitespace."""
+) -> list[Win]:
+    """The stretches around the text's digit runs (near ones merged): every detector but the
+    entity, e-mail, URL and cued-SWIFT ones needs a digit, and looks only there. Lookbehinds
+    see the text before a window; its end is at a whitespace."""
     if runs is None:
         runs = [m.span() for m in _DIGIT_RUN.finditer(text)]
-    out: list[tuple[int, int]] = []
+    out: list[Win] = []
     start = end = -1
+    digits = longest = 0
     for s, e in runs:
         if start != -1 and s - end <= before + after:
-            end = e
+            end, digits, longest = e, digits + e - s, max(longest, e - s)
             continue
         if start != -1:
-            out.append((max(0, start - before), _end_at_space(text, end + after)))
-        start, end = s, e
+            out.append(
+                Win(max(0, start - before), _end_at_space(text, end + after), digits, longest)
+            )
+        start, end, digits, longest = s, e, e - s, e - s
     if start != -1:
-        out.append((max(0, start - before), _end_at_space(text, end + after)))
+        out.append(Win(max(0, start - before), _end_at_space(text, end + after), digits, longest))
     return out
 
 
@@ -420,9 +467,15 @@ def _around(text: str, low: str, needles: tuple[str, ...], before: int, after: i
     return out
 
 
-def _in(detector: Detector, text: str, wins: list[tuple[int, int]]) -> Iterator[Span]:
+def _in(detector: Detector, text: str, wins: Iterable[tuple[int, int]]) -> Iterator[Span]:
     for a, b in wins:
         yield from detector(text, a, b)
+
+
+def _gated(detector: Detector, gate: Gate, text: str, wins: list[Win]) -> Iterator[Span]:
+    for w in wins:
+        if gate(text, w):
+            yield from detector(text, w.a, w.b)
 
 
 # --- resolution --------------------------------------------------------------------------
@@ -454,8 +507,8 @@ def detect(
     low = text.lower()
     if len(low) != len(text):  # a lower-casing that changes length: keep positions
         low = "".join(ch.lower()[:1] or ch for ch in text)
-    for detector, needs_wide in TIER1:
-        _claim(_in(detector, text, wide if needs_wide else tight), mask, out)
+    for detector, needs_wide, gate in TIER1:
+        _claim(_gated(detector, gate, text, wide if needs_wide else tight), mask, out)
     _claim(_in(_swift, text, _around(text, low, _SWIFT_CUES, 0, 48)), mask, out)
     if entities is not None:
         _claim((Span(e.start, e.end, 2, e.kind) for e in entities.find(text)), mask, out)
@@ -467,7 +520,7 @@ def detect(
     for i, group in enumerate(TIER2_IN_WINDOWS):
         if i in skip:
             continue
-        for detector, needs_wide in group:
-            _claim(_in(detector, text, wide if needs_wide else tight), mask, out)
+        for detector, needs_wide, gate in group:
+            _claim(_gated(detector, gate, text, wide if needs_wide else tight), mask, out)
     out.sort()
     return out
