@@ -249,3 +249,33 @@ async def test_copy_model_to_host_from_the_dashboard(
         same = await client.post(f"{base}/transfers/copy", data={**form, "dst": "ha"},
                                  headers={"hx-request": "true"})  # fmt: skip
         assert same.status_code == 400 and "SAME_HOST" in same.text
+
+
+async def test_push_over_ssh_then_pull_locally(
+    tmp_path: Path,
+    nats_server: Any,
+    s3_store: SeaweedS3,
+    bucket: str,  # noqa: F811
+    ssh_host: Any,
+) -> None:
+    """The same through a real SSH host (OpenSSH sshd, or the asyncssh stand-in)."""
+    hosts = [stack.ssh_host_config("sa", ssh_host),
+             HostConfig(alias="hb", address="localhost", transport="local")]  # fmt: skip
+    settings = stack.make_settings(
+        tmp_path / "data", nats_server.url, hosts, known_hosts=str(ssh_host.known_hosts_path),
+        command_timeout_s=120.0, s3_endpoint_url=s3_store.endpoint_url, s3_region=s3_store.region,
+        s3_bucket=bucket, s3_access_key_id=s3_store.access_key,
+        s3_secret_access_key=s3_store.secret_key,
+    )  # fmt: skip
+    src, dst = tmp_path / "sa" / "model", tmp_path / "hb" / "model"
+    src.mkdir(parents=True)
+    files = make_model(src)
+    async with stack.signer(settings), stack.executor(settings) as bus:
+        args = push_args(src, parallel=2)
+        args["rel_path"] = PREFIX + "-ssh"
+        _, job = await run(bus, settings, "sa", "push", args)
+        assert job.state == "succeeded", (job.error, job.code)
+        pull = {"path": str(dst), "rel_path": PREFIX + "-ssh", "namespace": "ns-a"}
+        _, job = await run(bus, settings, "hb", "pull", pull)
+        assert job.state == "succeeded", (job.error, job.code)
+    assert tree(dst) == files
