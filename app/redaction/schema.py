@@ -3,7 +3,7 @@ redaction policy. Unknown fields are ignored: existing clients send what they se
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
@@ -14,6 +14,8 @@ MAX_TEXT_CHARS = 2_000_000
 MAX_ENTITIES = 5000
 
 T = TypeVar("T")
+Label = Annotated[str, msgspec.Meta(max_length=200)]
+"""task_id, actor, item ids: labels of the caller's, bounded (they reach audit events)."""
 Tier1Action = Literal["drop", "reject"]
 NerMode = Literal["auto", "rules_only", "llm"]
 
@@ -55,18 +57,18 @@ class Policy(msgspec.Struct, kw_only=True):
 
 
 class ScrubItem(msgspec.Struct, kw_only=True):
-    id: str | int
+    id: Label | int
     text: str
 
 
 class ScrubRequest(Policy, kw_only=True):
-    task_id: str | int | None = None
-    actor: str | None = None
+    task_id: Label | int | None = None
+    actor: Label | None = None
     items: list[ScrubItem]
 
 
 class RehydrateItem(msgspec.Struct, kw_only=True):
-    id: str | int
+    id: Label | int
     text: str | None = None
     scrubbed_text: str | None = None
     """Accepted too: a client may send back the items /scrub returned."""
@@ -79,8 +81,8 @@ class RehydrateItem(msgspec.Struct, kw_only=True):
 
 
 class RehydrateRequest(msgspec.Struct, kw_only=True):
-    task_id: str | int | None = None
-    actor: str | None = None
+    task_id: Label | int | None = None
+    actor: Label | None = None
     map_handle: str
     items: list[RehydrateItem]
     strict: bool = False

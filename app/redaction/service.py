@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +59,7 @@ class Redactor:
         self.settings = settings
         self.bus = bus
         self._store: MapStore | None = None
+        self._store_lock = threading.Lock()
         self.ner = NerClient(ner_url(settings), settings.redaction_ner_model,
                              settings.redaction_ner_timeout_s)  # fmt: skip
 
@@ -65,13 +67,14 @@ class Redactor:
 
     def store(self) -> MapStore:
         """The map store, opened on first use (a bad path fails that call, not the app)."""
-        if self._store is None:
-            s = self.settings
-            secret = s.redaction_key or load_or_create_key(Path(s.data_dir) / KEY_FILE)
-            store = MapStore(map_path(s), secret, s.redaction_ttl_s)
-            store.check()
-            self._store = store
-        return self._store
+        with self._store_lock:  # first calls may race in worker threads
+            if self._store is None:
+                s = self.settings
+                secret = s.redaction_key or load_or_create_key(Path(s.data_dir) / KEY_FILE)
+                store = MapStore(map_path(s), secret, s.redaction_ttl_s)
+                store.check()
+                self._store = store
+            return self._store
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)

@@ -100,7 +100,10 @@ class SseRehydrator:
         self.template = {k: obj[k] for k in ("id", "object", "created", "model") if k in obj}
         if not self._chunk(obj):
             return event
-        return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+        # the event's other fields (id:, event:, comments) are kept, the data line replaced
+        kept = [ln + b"\n" for ln in event.splitlines() if ln and not ln.startswith(b"data:")]
+        data_line = b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+        return b"".join(kept) + data_line
 
     def _chunk(self, obj: dict[str, Any]) -> bool:
         """Rehydrate one chunk in place; False when nothing in it changed."""

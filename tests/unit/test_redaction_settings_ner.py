@@ -60,3 +60,17 @@ def test_ner_answer_parsing_and_filters() -> None:
     for bad in ("no json here", '{"persons": "x"}', "[]"):
         with pytest.raises(ValueError):
             _parse(bad)
+
+
+def test_labels_are_bounded_and_named_in_the_error() -> None:
+    from app.redaction.errors import BadRedactionRequest
+    from app.redaction.schema import decode_scrub
+
+    ok = decode_scrub(b'{"task_id": 7, "actor": "bot", "items": [{"id": 1, "text": "x"}]}')
+    assert ok.task_id == 7 and ok.items[0].id == 1
+    with pytest.raises(BadRedactionRequest) as info:
+        decode_scrub(b'{"actor": "' + b"a" * 300 + b'", "items": []}')
+    assert "actor" in info.value.message and "aaaa" not in info.value.message
+    with pytest.raises(BadRedactionRequest) as info:
+        decode_scrub(b'{"items": [{"id": 1, "text": 5}]}')
+    assert "text" in info.value.message

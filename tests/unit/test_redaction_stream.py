@@ -193,3 +193,12 @@ def test_tool_call_arguments_and_completions_text() -> None:
                     args += call["function"]["arguments"]
                 text += choice.get("text") or ""
     assert json.loads(args) == {"who": 'Ana "Q"'} and text == 'Ana "Q"!'
+
+
+def test_other_fields_of_a_rewritten_event_are_kept() -> None:
+    rh = SseRehydrator(VALUES)
+    data = b'{"choices":[{"index":0,"delta":{"content":"[ORG_3]"}}]}'
+    out = rh.feed(b"id: 7\nevent: chunk\ndata: " + data + b"\n\n")
+    head, _, rest = out.partition(b"data: ")
+    assert head == b"id: 7\nevent: chunk\n"
+    assert content_of(b"data: " + rest) == VALUES["[ORG_3]"]
