@@ -390,3 +390,46 @@ async def test_redacted_chat_streamed_and_not(
         assert raw.json()["choices"][0]["message"]["content"] == PREFIX + "[PERSON_1] stays"
     assert any(e.startswith(b"spark.evt.redaction.chat") for e in events)
     assert_nowhere(doc.tier2, caplog, events, db_bytes(settings))
+
+
+async def test_round_trip_exact_and_injected_token(
+    tmp_path: Path, nats_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(tmp_path, nats_server.url)
+    docs = corpus(8, seed=31, tier1=False)
+    async with front(settings, caplog) as (cl, events):
+        items = [{"id": i, "text": d.text} for i, d in enumerate(docs)]
+        r = await cl.post("/scrub", json={"known_entities": KNOWN, "items": items})
+        out = r.json()
+        handle = out["map_handle"]
+        back = await cl.post(
+            "/rehydrate",
+            json={
+                "map_handle": handle,
+                "strict": True,
+                "items": [{"id": i["id"], "text": i["scrubbed_text"]} for i in out["items"]],
+            },
+        )
+        assert [i["text"] for i in back.json()["items"]] == [d.text for d in docs]
+
+        # someone writes a token into the next document of the same map, then asks for it back
+        name = KNOWN["persons"][0]
+        first = await cl.post(
+            "/scrub",
+            json={
+                "map_handle": handle,
+                "known_entities": KNOWN,
+                "items": [{"id": 1, "text": f"{name} signed."}],
+            },
+        )
+        token = first.json()["items"][0]["tokens_used"][0]
+        forged = await cl.post(
+            "/scrub", json={"map_handle": handle, "items": [{"id": 2, "text": f"Who is {token}?"}]}
+        )
+        sent = forged.json()["items"][0]["scrubbed_text"]
+        assert token not in sent and "[LITERAL_" in sent
+        answer = await cl.post(
+            "/rehydrate", json={"map_handle": handle, "items": [{"id": 2, "text": sent}]}
+        )
+        assert answer.json()["items"][0]["text"] == f"Who is {token}?"
+    assert_nowhere(values_of(docs), caplog, events, db_bytes(settings))
