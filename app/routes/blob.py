@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, post
+from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
 from litestar.response import Response, Stream, Template
 
@@ -65,7 +66,10 @@ async def sign_blob(state: State, request: Request[Any, Any, Any]) -> Response[A
             async for piece in reply.chunks():
                 yield piece
 
-    return Stream(relay(), media_type=MediaType.JSON, status_code=200)
+    # the background task closes the subscription even if the client left before the first byte
+    return Stream(
+        relay(), media_type=MediaType.JSON, status_code=200, background=BackgroundTask(stack.aclose)
+    )
 
 
 FORM_LIMIT = 16 * 1024

@@ -78,7 +78,11 @@ async def front(
     tmp_path: Path, nats_server: Any, s3_store: SeaweedS3, bucket: str
 ) -> AsyncIterator[tuple[str, Settings]]:
     settings = signer_settings(tmp_path, nats_server.url, s3_store, bucket)
-    async with stack.signer(settings), stack.web(settings) as base:
+    # the web front gets no S3 credentials at all: signing happens in the signer only
+    front_settings = msgspec.structs.replace(
+        settings, s3_access_key_id=None, s3_secret_access_key=None, s3_endpoint_url=None
+    )
+    async with stack.signer(settings), stack.web(front_settings) as base:
         yield base, settings
 
 
