@@ -29,14 +29,30 @@ from workers.runtime import register, run_until_stopped
 
 log = logging.getLogger(__name__)
 
+IN_FLIGHT = 16
+"""Requests one replica works on at once (signing is CPU-bound; this overlaps store calls)."""
+DRAIN_S = 10.0
+
 
 async def start(bus: Bus, settings: Settings, worker: str) -> Callable[[], Awaitable[None]]:
     signer = Signer(settings)
     await signer.open()
     service = await register(bus, c.SIGNER_SERVICE, worker, "presigns S3 URLs per namespace")
 
+    in_flight: set[asyncio.Task[None]] = set()
+    slots = asyncio.Semaphore(IN_FLIGHT)
+
     async def handle(req: Request) -> None:
-        await answer(bus, signer, worker, req)
+        """Each request in its own task, so a slow store call does not hold up the others;
+        at most IN_FLIGHT at once (the subscription waits for a free slot)."""
+        await slots.acquire()
+        task = asyncio.create_task(answer(bus, signer, worker, req))
+        in_flight.add(task)
+        task.add_done_callback(done)
+
+    def done(task: asyncio.Task[None]) -> None:
+        in_flight.discard(task)
+        slots.release()
 
     await service.add_endpoint(
         EndpointConfig(
@@ -50,6 +66,8 @@ async def start(bus: Bus, settings: Settings, worker: str) -> Callable[[], Await
 
     async def teardown() -> None:
         await service.stop()
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=DRAIN_S)
         await signer.close()
 
     return teardown

@@ -460,3 +460,22 @@ async def test_http_10000_parts_end_to_end(front: tuple[str, Settings]) -> None:
             range(1, 10_001)
         )
         assert (await client.put(urls[4999], content=b"middle")).status_code == 200
+
+
+async def test_concurrent_big_answers_do_not_mix(front: tuple[str, Settings]) -> None:
+    """Several chunked answers at once from one replica: each arrives whole and its own."""
+    base, _ = front
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def one(i: int) -> dict[str, Any]:
+            body = {"rel_path": f"projects/ns-a/many/{i}.bin", "op": mp(4000 + i, 8 * MIB)}
+            r = await sign(client, base, body)
+            assert r.status_code == 200, r.text
+            answer: dict[str, Any] = r.json()
+            return answer
+
+        answers = await asyncio.gather(*(one(i) for i in range(6)))
+    assert len({a["uploadId"] for a in answers}) == 6
+    for i, a in enumerate(answers):
+        assert a["uri"].endswith(f"/many/{i}.bin") and len(a["partUrls"]) == 4000 + i
+        assert all(f"/many/{i}.bin?uploadId=" in u for u in a["partUrls"])
