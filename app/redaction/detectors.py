@@ -216,48 +216,67 @@ def _swift(text: str, a: int, b: int) -> Iterator[Span]:
             yield Span(m.start(), m.end(), 1, "swift")
 
 
-class Win(NamedTuple):
+class Win:
     """A window around digit runs: where detectors look, and what their gates check."""
 
-    a: int
-    b: int
-    digits: int
-    longest: int
+    __slots__ = ("_low", "a", "b", "digits", "longest", "seg")
+
+    def __init__(self, text: str, a: int, b: int, digits: int, longest: int) -> None:
+        self.a, self.b, self.digits, self.longest = a, b, digits, longest
+        self.seg = text[a:b]
+        self._low: str | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        return iter((self.a, self.b))
+
+    @property
+    def low(self) -> str:
+        if self._low is None:
+            self._low = self.seg.lower()
+        return self._low
 
 
-Gate = Callable[[str, Win], bool]
+Gate = Callable[[Win], bool]
 """A cheap test that a detector could match in a window (no regex call when it cannot)."""
 
 
+def _some(words: tuple[str, ...], s: str) -> bool:
+    for w in words:  # noqa: SIM110 - a plain loop: cheaper than any() over a generator
+        if w in s:
+            return True
+    return False
+
+
 def _has(*chars: str) -> Gate:
-    return lambda text, w: any(text.find(c, w.a, w.b) != -1 for c in chars)
+    return lambda w: _some(chars, w.seg)
 
 
-def _digits(n: int) -> Gate:
-    return lambda text, w: w.digits >= n
+def _cue(*words: str) -> Gate:
+    """One of the cue words (lower case) in the window."""
+    return lambda w: _some(words, w.low)
 
 
 def _run_of(n: int, *chars: str) -> Gate:
     """A digit run of ``n`` at least (and one of ``chars`` in the window, if given)."""
-    return lambda text, w: (
-        w.longest >= n and (not chars or any(text.find(c, w.a, w.b) != -1 for c in chars))
-    )
+    return lambda w: w.longest >= n and (not chars or _some(chars, w.seg))
 
 
-def _always(text: str, w: Win) -> bool:
+def _always(w: Win) -> bool:
     return True
 
 
+_ROUTING_CUES = ("routing", "aba", "rtn", "transit")
 TIER1: tuple[tuple[Detector, bool, Gate], ...] = (
-    (_iban, False, _digits(10)),
-    (_cards, False, _digits(13)),
+    (_iban, False, lambda w: w.digits >= 10),
+    (_cards, False, lambda w: w.digits >= 13),
     (_ssn_dashed, False, _run_of(4, "-")),
-    (_ssn_cued, True, _digits(9)),
-    (_routing, True, _run_of(9)),
-    (_account, True, _digits(6)),
-    (_passport, True, _always),
+    (_ssn_cued, True, _cue("ssn", "soc")),
+    (_routing, True, lambda w: w.longest >= 9 and _some(_ROUTING_CUES, w.low)),
+    (_account, True, _cue("account", "acct", "a/c", "konto", "compte", "cuenta", "conto",
+                          "rekening")),
+    (_passport, True, _cue("pas")),
     (_swift, True, _always),
-)
+)  # fmt: skip
 """(detector, needs the wide window (cue words or names around the number), gate)."""
 
 # --- tier 2 ------------------------------------------------------------------------------
@@ -346,13 +365,16 @@ def _address_es(text: str, a: int, b: int) -> Iterator[Span]:
 _MONEY = re.compile(rf"[$€£¥₹₣]|{_CODES}|[Ee]uro|EURO|[Dd]ollar|[Pp]ound|[Ff]ranc")
 
 TIER2_IN_WINDOWS: tuple[tuple[tuple[Detector, bool, Gate], ...], ...] = (
-    ((_matcher(_ADDRESS_EN, "ADDRESS"), True, _always), (_address_de, True, _always),
-     (_matcher(_ADDRESS_FR, "ADDRESS"), True, _always), (_address_es, True, _always)),
+    ((_matcher(_ADDRESS_EN, "ADDRESS"), True, _always),
+     (_address_de, True, _cue("str", "weg", "gasse", "platz", "allee", "damm", "ufer")),
+     (_matcher(_ADDRESS_FR, "ADDRESS"), True,
+      _cue("rue", "av", "bd", "place", "chemin", "quai", "allée", "impasse", "route")),
+     (_address_es, True, _has("Calle", "Avenida", "Avda", "Plaza", "Paseo", "Via", "Piazza",
+                              "Corso", "Largo"))),
     ((_date(_DATES[0]), False, _run_of(4, "-")), (_date(_DATES[1]), False, _has("/")),
      (_date(_DATES[2]), False, _run_of(4, ".", "-")), (_date(_DATES[3]), False, _run_of(4)),
      (_month_first, True, _run_of(4))),
-    ((_matcher(_AMOUNT, "AMOUNT"), False,
-      lambda text, w: _MONEY.search(text, w.a, w.b) is not None),),
+    ((_matcher(_AMOUNT, "AMOUNT"), False, lambda w: _MONEY.search(w.seg) is not None),),
     ((_phone(_PHONES[0]), False, _has("+")), (_phone(_PHONES[1]), False, _has("(")),
      (_phone(_PHONES[2]), False, _run_of(4, "-", ".")), (_phone(_PHONES[3]), False, _has("0"))),
     ((_matcher(_LONG_DIGITS, "NUMBER"), False, _run_of(8)),),
@@ -395,11 +417,13 @@ def windows(
             continue
         if start != -1:
             out.append(
-                Win(max(0, start - before), _end_at_space(text, end + after), digits, longest)
+                Win(text, max(0, start - before), _end_at_space(text, end + after), digits, longest)
             )
         start, end, digits, longest = s, e, e - s, e - s
     if start != -1:
-        out.append(Win(max(0, start - before), _end_at_space(text, end + after), digits, longest))
+        out.append(
+            Win(text, max(0, start - before), _end_at_space(text, end + after), digits, longest)
+        )
     return out
 
 
@@ -428,7 +452,7 @@ def _in(detector: Detector, text: str, wins: Iterable[tuple[int, int]]) -> Itera
 
 def _gated(detector: Detector, gate: Gate, text: str, wins: list[Win]) -> Iterator[Span]:
     for w in wins:
-        if gate(text, w):
+        if gate(w):
             yield from detector(text, w.a, w.b)
 
 
