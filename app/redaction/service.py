@@ -25,7 +25,8 @@ from app.redaction.scrub import (
     placeholder_text,
     plan,
     refuse_tier1,
-    scrub_texts,
+    render,
+    tier2_values,
 )
 from app.redaction.stream import SseRehydrator
 from app.redaction.tokens import TOKEN_RE
@@ -94,25 +95,32 @@ class Redactor:
         """Names the NER model adds (empty without NER). Fails closed: NerUnavailable."""
         if not self._use_ner(policy):
             return ()
-        shown = [placeholder_text(p) for p in plan(texts, policy)]
-        found = await self.ner.find(shown)
+
+        def shown() -> list[str]:
+            return [placeholder_text(p) for p in plan(texts, policy)]
+
+        found = await self.ner.find(await self._run(shown))
         return tuple(dict.fromkeys(pair for per_text in found for pair in per_text))
 
     async def scrub_texts(
         self, texts: list[str], policy: Policy
     ) -> tuple[list[Scrubbed], str, float]:
         """Scrub texts into one map (new, or ``policy.map_handle``): (results, handle, expiry).
-        Refusals (tier 1, NER, unknown map) happen before anything is written."""
+        Refusals (NER, tier 1, unknown map) happen before anything is written; the work runs
+        in a worker thread (a large document does not stall the event loop)."""
         extra = await self._names(texts, policy)
-        store = await self._run(self.store)
-        if policy.tier1_action == "reject":  # refuse before a map is opened or extended
-            refuse_tier1(plan(texts, policy, extra))
-        handle, expires = await self._run(store.open_map, policy.map_handle)
 
-        def work() -> list[Scrubbed]:
-            return scrub_texts(texts, policy, lambda found: store.assign(handle, found), extra)
+        def work() -> tuple[list[Scrubbed], str, float]:
+            store = self.store()
+            planned = plan(texts, policy, extra)
+            if policy.tier1_action == "reject":  # before a map is opened or extended
+                refuse_tier1(planned)
+            handle, expires = store.open_map(policy.map_handle)
+            tokens = store.assign(handle, tier2_values(planned))
+            return [render(p, tokens) for p in planned], handle, expires
 
-        return await self._run(work), handle, expires
+        result: tuple[list[Scrubbed], str, float] = await self._run(work)
+        return result
 
     async def scrub(self, req: ScrubRequest) -> dict[str, Any]:
         try:
