@@ -14,8 +14,9 @@ straight to the store. Every other value in a script is whitelisted, then quoted
   With ``then_pull {host, path}``, a ``pull`` onto that host is queued once the push is done
   (the dashboard's "copy model to host").
 - ``pull {rel_path, namespace, path, parallel?}``: reads the manifest, downloads every file to
-  ``<path>/<file>.spark-partial``, checks its sha256, then renames it; a failed or cancelled
-  pull leaves no partial file.
+  ``<path>/<file>.spark-partial``, checks its sha256, then renames it; a file already there
+  with the manifest's size and hash is skipped; a failed or cancelled pull leaves no partial
+  file.
 
 Progress events carry ``{bytes, total, rate_bps, eta_s, files_done, files_total}``.
 """
@@ -107,8 +108,9 @@ def upload_script(path: str, parallel: int, nonce: str) -> str:
 
 def download_script(dest: str, parallel: int, nonce: str) -> str:
     """stdin: ``sha256<TAB>size<TAB>relative path<TAB>url`` per file. Prints ``G path size``
-    per verified file, ``H path`` per hash mismatch, ``X path reason`` per failure. Partial
-    files are removed on any exit."""
+    per verified file, ``S path size`` per file already there with that hash (skipped),
+    ``H path`` per hash mismatch, ``X path reason`` per failure. Partial files are removed on
+    any exit."""
     return (
         f"d={shellsafe.quote(dest)}\n"
         f"printf '__SPARK_{nonce} pid %s\\n' \"$$\"\n"
@@ -116,6 +118,10 @@ def download_script(dest: str, parallel: int, nonce: str) -> str:
         "trap clean EXIT; trap 'exit 143' TERM INT\n"
         "get() {\n"
         '  local sha=$1 size=$2 rel=$3 url=$4 t="$d/$3.spark-partial" err\n'
+        '  if [ -f "$d/$rel" ] && [ "$(stat -c %s -- "$d/$rel")" = "$size" ] &&\n'
+        '     [ "$(sha256sum -- "$d/$rel" | cut -d" " -f1)" = "$sha" ]; then\n'
+        '    printf \'S\\t%s\\t%s\\n\' "$rel" "$size"; return\n'
+        "  fi\n"
         '  mkdir -p -- "$(dirname -- "$d/$rel")" || {\n'
         "    printf 'X\\t%s\\tmkdir\\n' \"$rel\"; return; }\n"
         f'  if ! err=$(curl -sS -f -o "$t" {CURL_URL} 2>&1); then\n'
@@ -488,8 +494,10 @@ class Pull:
         script = download_script(dest, args.get("parallel", 4), nonce)
         async for line in _guarded(ctx, script, "".join(lines).encode(), nonce):
             kind, _, rest = line.partition("\t")
-            if kind == "G":
-                meter.done += int(rest.rsplit("\t", 1)[1])
+            if kind in ("G", "S"):
+                size = int(rest.rsplit("\t", 1)[1])
+                meter.done += size
+                meter.skipped += size if kind == "S" else 0
                 meter.files_done += 1
                 await meter.report(ctx, "pull")
             elif kind == "H":
@@ -501,4 +509,4 @@ class Pull:
             raise HostError(f"pull: {len(problems)} file(s) failed: {problems[:2]}", code=code)
         await meter.report(ctx, "pull", final=True)
         return {"host": ctx.host.alias, "path": dest, "files": len(lines), "bytes": meter.total,
-                "source_host": manifest.source_host}  # fmt: skip
+                "skipped_bytes": meter.skipped, "source_host": manifest.source_host}  # fmt: skip

@@ -112,9 +112,16 @@ async def test_push_then_pull_onto_another_host(env: tuple[Bus, Settings], tmp_p
     assert job.result["source_host"] == "ha" and job.result["bytes"] == sum(
         map(len, files.values())
     )
+    assert job.result["skipped_bytes"] == 0
     # nothing on the bus or in the record carries a URL or the secret
     text = repr([e for e in events]) + repr(job)
     assert "X-Amz-Signature" not in text and settings.s3_secret_access_key not in text
+    # pulled again: what is there with the right hash is skipped; a damaged file is replaced
+    (dst / "config.json").write_bytes(b"changed locally")
+    _, job = await run(bus, settings, "hb", "pull", pull)
+    assert job.state == "succeeded", (job.error, job.code)
+    assert job.result["skipped_bytes"] == job.result["bytes"] - len(files["config.json"])
+    assert tree(dst) == files
 
 
 async def test_interrupted_push_resumes_skipping_uploaded_parts(
