@@ -161,9 +161,8 @@ class Manifest(msgspec.Struct, kw_only=True):
 
 def _args(ctx: JobContext, allowed: set[str]) -> dict[str, Any]:
     args = ctx.args_only(allowed)
-    namespace = args.get("namespace")
     try:
-        c.token(namespace, "namespace")  # type: ignore[arg-type]
+        c.token(args.get("namespace", ""), "namespace")
     except c.BadToken as exc:
         raise BadRequest("namespace: must match [A-Za-z0-9_-]{1,64}", code="BAD_ARGS") from exc
     parallel = args.get("parallel", 4)
