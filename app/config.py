@@ -112,6 +112,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     redaction_ner_model: str | None = None
     """Model asked for names; ``ner: auto`` uses NER only when this is set."""
     redaction_ner_timeout_s: float = 30.0
+    redaction_clients: dict[str, str] = msgspec.field(default_factory=dict)
+    """Bearer token → redaction policy enforced on that client's /v1 chat (``on`` or a JSON
+    object of /scrub's fields; ``SPARK_CONTROL_REDACTION_CLIENTS="tokenA=on"``); secrets."""
     upstreams: list[str] = msgspec.field(default_factory=list)
     """Externally managed OpenAI-compatible servers (``SPARK_UPSTREAMS``): the /v1 proxy asks
     each its ``/v1/models`` and routes the names it reports there."""
@@ -172,11 +175,11 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
 """Earlier or conventional names, read after ``SPARK_CONTROL_<KEY>``."""
 
 LIST_FIELDS = frozenset({"webhook_urls", "upstreams", "signer_get_allow"})
-MAP_FIELDS = frozenset({"signer_tokens"})
+MAP_FIELDS = frozenset({"signer_tokens", "redaction_clients"})
 """Settings given in the environment as ``key=value,key=value``."""
 SECRET_FIELDS = frozenset(
     {"webhook_secret", "hf_token", "ngc_key", "s3_secret_access_key", "s3_session_token",
-     "signer_tokens", "redaction_key"}
+     "signer_tokens", "redaction_key", "redaction_clients"}
 )  # fmt: skip
 """Settings given in the environment as comma-separated lists."""
 
@@ -299,6 +302,11 @@ def _validate(s: Settings, source: str) -> Settings:
     for name in ("redaction_ttl_s", "redaction_ner_timeout_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{source}: {name}: must be > 0")
+    for i, policy in enumerate(s.redaction_clients.values()):
+        if policy.strip() != "on" and not policy.strip().startswith("{"):
+            raise ConfigError(
+                f"{source}: redaction_clients[{i + 1}]: must be 'on' or a JSON object"
+            )
     for i, url in enumerate(s.upstreams):
         if not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url):
             raise ConfigError(f"{source}: upstreams[{i}]: must be an http(s) URL")

@@ -242,12 +242,29 @@ def _who(req: ScrubRequest | RehydrateRequest) -> dict[str, Any]:
 
 
 def policy_from_headers(headers: Any) -> Policy | None:
-    """The chat policy of a request: ``X-Spark-Redaction: on`` (defaults) or a JSON object of
-    /scrub's fields; ``X-Spark-Redaction-Map`` reuses a map. None: no redaction asked."""
+    """The chat policy a request asks for: ``X-Spark-Redaction: on`` (defaults) or a JSON
+    object of /scrub's fields; ``X-Spark-Redaction-Map`` reuses a map. None: none asked."""
     raw = (headers.get(POLICY_HEADER) or "").strip()
     if not raw or raw.lower() in ("off", "0", "false", "no"):
         return None
     policy = Policy() if raw.lower() in ("on", "1", "true", "yes") else decode_policy(raw.encode())
+    return _with_map(policy, headers)
+
+
+def policy_for(settings: Settings, headers: Any) -> Policy | None:
+    """The policy of a /v1 chat request: the client's configured one (``redaction_clients``,
+    by its bearer token) is enforced — no header turns it off —, else what the headers ask."""
+    auth = (headers.get("authorization") or "").strip()
+    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    configured = settings.redaction_clients.get(token) if token else None
+    if configured is None:
+        return policy_from_headers(headers)
+    raw = configured.strip()
+    policy = Policy() if raw == "on" else decode_policy(raw.encode())
+    return _with_map(policy, headers)
+
+
+def _with_map(policy: Policy, headers: Any) -> Policy:
     handle = (headers.get(MAP_HEADER) or "").strip()
     if handle:
         policy.map_handle = handle

@@ -12,7 +12,7 @@ from litestar.response import Response
 from app.redaction.chat import ChatRedaction
 from app.redaction.errors import RedactionError
 from app.redaction.schema import decode_rehydrate, decode_scrub
-from app.redaction.service import MAP_HEADER, Redactor, policy_from_headers
+from app.redaction.service import MAP_HEADER, Redactor, policy_for
 from app.routes.deps import settings_of
 
 BODY_LIMIT = 8 * 1024 * 1024
@@ -56,12 +56,13 @@ ROUTES = [scrub, rehydrate]
 async def forward_redacted(
     state: State, request: Request[Any, Any, Any], forward: Any
 ) -> Response[Any] | None:
-    """For the /v1 chat and completions handlers: None when the request asks for no
-    redaction (``X-Spark-Redaction``); else ``forward(**seams)`` (the proxy's
-    ``forward_json``) with the scrub and rehydrate transforms, the map handle in the
-    ``X-Spark-Redaction-Map`` answer header, and any refusal as the gateway's error body."""
+    """For the /v1 chat and completions handlers: None when neither the client's settings
+    (``redaction_clients``) nor the request (``X-Spark-Redaction``) ask for redaction; else
+    ``forward(**seams)`` (the proxy's ``forward_json``) with the scrub and rehydrate
+    transforms, the map handle in the ``X-Spark-Redaction-Map`` answer header, and any
+    refusal as the gateway's error body."""
     try:
-        policy = policy_from_headers(request.headers)
+        policy = policy_for(settings_of(state), request.headers)
     except RedactionError as exc:
         return _refusal(exc)
     if policy is None:

@@ -433,3 +433,29 @@ async def test_round_trip_exact_and_injected_token(
         )
         assert answer.json()["items"][0]["text"] == f"Who is {token}?"
     assert_nowhere(values_of(docs), caplog, events, db_bytes(settings))
+
+
+async def test_client_policy_cannot_be_turned_off(
+    tmp_path: Path, nats_server: Any, echo: EchoUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(
+        tmp_path, nats_server.url, upstreams=[echo.url], redaction_clients={"tok-a": "on"}
+    )
+    text = "Mail ana@example.org or call +49 30 1234 5678."
+    ask = {"model": "echo", "messages": [{"role": "user", "content": text}]}
+    async with front(settings, caplog) as (cl, events):
+        for headers in ({}, {"X-Spark-Redaction": "off"}):
+            r = await cl.post(
+                "/v1/chat/completions",
+                json=ask,
+                headers={"Authorization": "Bearer tok-a", **headers},
+            )
+            assert r.json()["choices"][0]["message"]["content"] == PREFIX + text
+            assert r.headers["x-spark-redaction-map"].startswith("rm_")
+        other = await cl.post(
+            "/v1/chat/completions", json=ask, headers={"Authorization": "Bearer someone"}
+        )
+        assert "x-spark-redaction-map" not in other.headers
+    sent = [r["messages"][-1]["content"] for r in echo.chat_requests()]
+    assert sent[0] == sent[1] == "Mail [EMAIL_1] or call [PHONE_1]." and sent[2] == text
+    assert_nowhere(["tok-a"], caplog, events)

@@ -74,3 +74,20 @@ def test_labels_are_bounded_and_named_in_the_error() -> None:
     with pytest.raises(BadRedactionRequest) as info:
         decode_scrub(b'{"items": [{"id": 1, "text": 5}]}')
     assert "text" in info.value.message
+
+
+def test_client_policy_is_enforced() -> None:
+    from app.redaction.service import policy_for
+
+    s = load_settings(env={"SPARK_CONTROL_REDACTION_CLIENTS": "tok-a=on, tok-b=on"})
+    assert "tok-a" not in repr(s)
+    enforced = policy_for(s, {"authorization": "Bearer tok-a", "x-spark-redaction": "off"})
+    assert enforced is not None and enforced.tier1_action == "drop"
+    assert policy_for(s, {"authorization": "Bearer other"}) is None
+    asked = policy_for(s, {"authorization": "Bearer other", "x-spark-redaction": "on"})
+    assert asked is not None
+    with_map = policy_for(s, {"authorization": "Bearer tok-b", "x-spark-redaction-map": "rm_x"})
+    assert with_map is not None and with_map.map_handle == "rm_x"
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"SPARK_CONTROL_REDACTION_CLIENTS": "tok-c=maybe"})
+    assert "redaction_clients[1]" in str(info.value) and "tok-c" not in str(info.value)
