@@ -133,11 +133,13 @@ class Framer:
                     break
                 out.append("")
             else:
+                self._pieces(out, nl)
                 out.append(_decode(buf[self._pos : nl]))
             self._split = False
             self._pos = nl + 1
         if final:
             if self._pos < limit:
+                self._pieces(out, limit)
                 out.append(_decode(buf[self._pos : limit]))
                 self._pos = limit
         elif limit - self._pos > MAX_LINE and buf.find(b"\n", self._pos) < 0:
@@ -145,6 +147,14 @@ class Framer:
             out.append(_decode(buf[self._pos : cut]))
             self._pos, self._split = cut, True
         return out
+
+    def _pieces(self, out: list[str], end: int) -> None:
+        """Stream buf[_pos:end] (one line's rest, already whole) in pieces of at most
+        MAX_LINE, leaving the last piece for the caller."""
+        while end - self._pos > MAX_LINE:
+            cut = _utf8_cut(self.buf, self._pos, self._pos + MAX_LINE)
+            out.append(_decode(self.buf[self._pos : cut]))
+            self._pos = cut
 
 
 def wrap(command: str, nonce: str) -> bytes:
@@ -181,6 +191,9 @@ class ShellRunner:
         self._started = asyncio.Event()
         self._cancel = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.memo: dict[str, Any] = {}
+        """What read-only commands found (e.g. a probe's slow sections); emptied whenever a
+        command that may change the host runs."""
 
     @property
     def busy(self) -> bool:
@@ -192,11 +205,15 @@ class ShellRunner:
         *,
         timeout: float,  # noqa: ASYNC109 (a budget for the remote command, not for this call)
         on_line: LineHandler | None = None,
+        reads_only: bool = False,
     ) -> CommandResult:
-        """Run ``command`` with bash; raise CommandTimeout, Cancelled or HostError."""
+        """Run ``command`` with bash; raise CommandTimeout, Cancelled or HostError.
+        ``reads_only``: the command changes nothing on the host, so ``memo`` is kept."""
         if "\x00" in command:
             raise BadRequest("command contains a NUL byte")
         async with self._lock:
+            if not reads_only:
+                self.memo.clear()
             self._running, self._pgid = True, None
             self._started.clear()
             self._cancel.clear()

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.errors import Cancelled, CommandTimeout, HostUnreachable
 from workers.runner import MAX_LINE, Framer, ShellRunner
@@ -160,6 +162,29 @@ def test_framer_any_chunking(chunk: int) -> None:
         if text.endswith("\n"):
             expected.pop()
         assert lines == expected, (payload, chunk)
+
+
+@given(
+    lengths=st.lists(st.integers(0, 3 * MAX_LINE), min_size=1, max_size=4),
+    chunks=st.lists(st.sampled_from([1, 5, 4096, MAX_LINE - 1, MAX_LINE + 3, 10**6]), min_size=1),
+)
+@settings(max_examples=60, deadline=None)
+def test_framer_long_lines_stream_in_pieces_whatever_the_chunking(
+    lengths: list[int], chunks: list[int]
+) -> None:
+    """Lines longer than MAX_LINE stream in pieces of at most MAX_LINE that join back into
+    the line, whether the line's end arrives in the same chunk or later."""
+    nonce = "n0nce"
+    body = "".join("é" * (n // 2) + "x" * (n % 2) + "\n" for n in lengths).encode()
+    stream = f"__SPARK_BEGIN_{nonce} 1\n".encode() + body + f"\n__SPARK_END_{nonce} 0\n".encode()
+    f, pieces, i, k = Framer(nonce), [], 0, 0
+    while i < len(stream):
+        n = chunks[k % len(chunks)]
+        pieces += f.feed(stream[i : i + n])
+        i, k = i + n, k + 1
+    assert f.done and f.content == body
+    assert all(len(p.encode()) <= MAX_LINE for p in pieces)
+    assert "".join(pieces) == body.decode().replace("\n", "")
 
 
 async def test_background_child_does_not_block_and_late_output_is_dropped(
