@@ -239,17 +239,25 @@ class Bus:
 
     # --- replay --------------------------------------------------------------------------
 
-    async def job_events(
-        self, job_id: str, after_seq: int = 0, idle_timeout: float | None = None
-    ) -> AsyncIterator[tuple[int, c.Event]]:
-        """A job's events from the start (or after ``after_seq``), then live, until final."""
+    async def open_job_events(self, job_id: str, after_seq: int = 0) -> Any:
+        """The subscription ``job_events`` reads (opened ahead to overlap other work)."""
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after_seq else DeliverPolicy.ALL,
             opt_start_seq=after_seq + 1 if after_seq else None,
         )
-        sub = await self.js.subscribe(
-            c.evt_job_filter(job_id), ordered_consumer=True, config=config
+        return await self.js.subscribe(
+            c.evt_job_filter(job_id), stream=c.EVT_STREAM, ordered_consumer=True, config=config
         )
+
+    async def job_events(
+        self,
+        job_id: str,
+        after_seq: int = 0,
+        idle_timeout: float | None = None,
+        sub: Any = None,
+    ) -> AsyncIterator[tuple[int, c.Event]]:
+        """A job's events from the start (or after ``after_seq``), then live, until final."""
+        sub = sub or await self.open_job_events(job_id, after_seq)
         try:
             while True:
                 try:

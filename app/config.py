@@ -69,6 +69,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The head node's two-box launcher (cluster-mode recipes); ``$HOME`` is the host's."""
     stream_replicas: int = 1
     """JetStream replicas of the streams and buckets (3 on a NATS cluster)."""
+    probe_max_age_s: float = 2.0
+    """A probe reads /proc live every time; its disks, containers and GPUs (each a process
+    start on the host: df, docker, nvidia-smi) are reused from a probe at most this old, unless
+    a command that may change the host ran since. 0: every probe runs them all."""
     hf_token: str | None = None
     """Hugging Face token for ``download`` (gated repos); a secret: it reaches a host only on
     the download's stdin, never in a command line, log, event or job record."""
@@ -76,6 +80,22 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """NVIDIA NGC API key for ``nim_install``; a secret: it reaches a host only on stdin (for
     ``docker login`` and the container's environment), never in a command line, log, event or
     job record."""
+    upstreams: list[str] = msgspec.field(default_factory=list)
+    """Externally managed OpenAI-compatible servers (``SPARK_UPSTREAMS``): the /v1 proxy asks
+    each its ``/v1/models`` and routes the names it reports there."""
+    upstream_poll_s: float = 15.0
+    """How often the proxy re-reads each external upstream's ``/v1/models``."""
+    proxy_timeout_s: float = 1800.0
+    """Longest wait for an upstream's next bytes (generation can be slow)."""
+    proxy_upload_max_bytes: int = 200 * 1024 * 1024
+    """Largest audio upload streamed through ``/v1/audio/transcriptions`` (over it: 413)."""
+    proxy_queue_limit: int = 64
+    """Requests that may wait for an on-demand swap at once; more get 503 with Retry-After."""
+    proxy_min_residency_s: float = 60.0
+    """An on-demand model stays at least this long before another may replace it."""
+    proxy_max_wait_s: float = 30.0
+    """Ageing: a queued model waiting this long stops new requests to the loaded one (which
+    drains), so alternating clients batch instead of thrashing."""
     s3_endpoint_url: str | None = None
     """The blob signer's S3-compatible store; unset means AWS's own endpoint for the region."""
     s3_region: str = "us-east-1"
@@ -115,22 +135,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     redaction_clients: dict[str, str] = msgspec.field(default_factory=dict)
     """Bearer token → redaction policy enforced on that client's /v1 chat (``on`` or a JSON
     object of /scrub's fields; ``SPARK_CONTROL_REDACTION_CLIENTS="tokenA=on"``); secrets."""
-    upstreams: list[str] = msgspec.field(default_factory=list)
-    """Externally managed OpenAI-compatible servers (``SPARK_UPSTREAMS``): the /v1 proxy asks
-    each its ``/v1/models`` and routes the names it reports there."""
-    upstream_poll_s: float = 15.0
-    """How often the proxy re-reads each external upstream's ``/v1/models``."""
-    proxy_timeout_s: float = 1800.0
-    """Longest wait for an upstream's next bytes (generation can be slow)."""
-    proxy_upload_max_bytes: int = 200 * 1024 * 1024
-    """Largest audio upload streamed through ``/v1/audio/transcriptions`` (over it: 413)."""
-    proxy_queue_limit: int = 64
-    """Requests that may wait for an on-demand swap at once; more get 503 with Retry-After."""
-    proxy_min_residency_s: float = 60.0
-    """An on-demand model stays at least this long before another may replace it."""
-    proxy_max_wait_s: float = 30.0
-    """Ageing: a queued model waiting this long stops new requests to the loaded one (which
-    drains), so alternating clients batch instead of thrashing."""
 
     def __repr__(self) -> str:
         """Secrets are masked: a settings object may end up in a log or a traceback."""
@@ -296,6 +300,11 @@ def _validate(s: Settings, source: str) -> Settings:
             check_local_path(s.cluster_script, field="cluster_script")
         except BadRequest as exc:
             raise ConfigError(f"{source}: {exc.message}") from exc
+    for i, url in enumerate(s.upstreams):
+        if not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url):
+            raise ConfigError(f"{source}: upstreams[{i}]: must be an http(s) URL")
+    if s.proxy_queue_limit < 0:
+        raise ConfigError(f"{source}: proxy_queue_limit: must be >= 0")
     _validate_signer(s, source)
     if s.redaction_ner_url and not s.redaction_ner_url.startswith(("http://", "https://")):
         raise ConfigError(f"{source}: redaction_ner_url: must be an http(s) URL")
@@ -307,11 +316,6 @@ def _validate(s: Settings, source: str) -> Settings:
             raise ConfigError(
                 f"{source}: redaction_clients[{i + 1}]: must be 'on' or a JSON object"
             )
-    for i, url in enumerate(s.upstreams):
-        if not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url):
-            raise ConfigError(f"{source}: upstreams[{i}]: must be an http(s) URL")
-    if s.proxy_queue_limit < 0:
-        raise ConfigError(f"{source}: proxy_queue_limit: must be >= 0")
     if not 1 <= s.stream_replicas <= 5:
         raise ConfigError(f"{source}: stream_replicas: must be 1..5")
     for name in (

@@ -297,6 +297,9 @@ class ProbeResult(msgspec.Struct, kw_only=True):
     gpus: list[Gpu]
     probed_at: float
     duration_ms: float
+    sampled_at: float | None = None
+    """When disks, containers and GPUs were read: ``probed_at``, or an earlier probe's time
+    when they were reused (at most ``probe_max_age_s`` before, nothing changed since)."""
 
 
 class HostState(msgspec.Struct, kw_only=True):

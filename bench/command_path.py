@@ -1,9 +1,12 @@
 """Command path benchmark: POST probe → its final event at an SSE client, against a real
 OpenSSH sshd host, with NATS, the executor and the web front as separate processes.
 
-Prints p50/p99 of the whole path, then the same probe's remote commands three ways: on the
-kept shell channel (what the executor does), one exec channel per command on an open
-connection, and a fresh connection per command. Not a test: it prints figures.
+Prints p50/p99 of the whole path twice: as shipped (a probe reads /proc live and reuses
+df / docker ps / nvidia-smi from a probe at most ``probe_max_age_s`` old, unless something
+that may change the host ran since) and with ``probe_max_age_s=0`` (every source run live).
+Then the probe's remote part alone: on the kept shell channel (what the executor does), one
+exec channel per command on an open connection, and a fresh connection per command.
+Not a test: it prints figures.
 
     .venv/bin/python bench/command_path.py [--runs 200]
 """
@@ -18,15 +21,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.config import Settings
 from tests import stack
 from tests.servers import SSHD, NatsServer, SshdHost, free_port
-from workers.probe import GPU_QUERY, PROBE_SCRIPT
+from workers.probe import GPU_QUERY, PROBE_SCRIPT, probe_script
 from workers.runner import ShellRunner
 from workers.transport import CIPHERS, SshTransport
 
@@ -39,6 +44,13 @@ PROBE_COMMANDS = [
     "docker ps --format '{{json .}}'",
     f"nvidia-smi --query-gpu={GPU_QUERY} --format=csv,noheader,nounits",
 ]
+
+
+ALIAS = "spark1"
+REUSED = "kept shell: probe, slow sources reused"
+LIVE = "kept shell: probe, every source live"
+SEVEN = "kept shell: the 7 commands one by one"
+EXEC = "exec channel per command (7)"
 
 
 def pct(values: list[float], p: float) -> float:
@@ -78,14 +90,15 @@ async def remote_ways(
     runner = ShellRunner(SshTransport(settings.hosts[0], settings))
     await runner.run("true", timeout=10)
     for label, script in (
-        ("kept shell: probe script (one round-trip)", [PROBE_SCRIPT]),
-        ("kept shell: 7 commands", PROBE_COMMANDS),
+        (REUSED, [probe_script(set())]),
+        (LIVE, [PROBE_SCRIPT]),
+        (SEVEN, PROBE_COMMANDS),
     ):
         ms = []
         for _ in range(runs):
             t0 = time.perf_counter()
             for cmd in script:
-                await runner.run(cmd, timeout=10)
+                await runner.run(cmd, timeout=10, reads_only=True)
             ms.append((time.perf_counter() - t0) * 1000)
         res[label] = ms
     await runner.close()
@@ -97,7 +110,7 @@ async def remote_ways(
             for cmd in PROBE_COMMANDS:
                 await conn.run(cmd, env=host.env)
             ms.append((time.perf_counter() - t0) * 1000)
-        res["exec channel per command (7)"] = ms
+        res[EXEC] = ms
     ms = []
     for _ in range(max(10, runs // 10)):
         t0 = time.perf_counter()
@@ -109,6 +122,40 @@ async def remote_ways(
     return res
 
 
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+async def stack_run(root: Path, nats: NatsServer, host: SshdHost, age: float, runs: int) -> Any:
+    """Web front + executor as processes with ``probe_max_age_s=age``; the e2e figures."""
+    port = free_port()
+    settings = stack.make_settings(
+        root / f"data-{age:g}",
+        nats.url,
+        [stack.ssh_host_config(ALIAS, host)],
+        known_hosts=str(host.known_hosts_path),
+        bind_port=port,
+        log_level="warning",
+        probe_max_age_s=age,
+    )
+    config = stack.write_config(settings, root / f"settings-{age:g}.yaml")
+    procs = [
+        stack.worker_process(config, "ssh", name=f"bench-exec-{age:g}"),
+        stack.part_process(config, "web"),
+    ]
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await stack.wait_for(stack.front_ready(base), timeout=60)
+        return settings, await end_to_end(base, ALIAS, runs)
+    finally:
+        _stop(procs)
+
+
 async def main(runs: int) -> None:
     if not SSHD.exists():
         sys.exit("bench needs OpenSSH sshd (Debian package openssh-server)")
@@ -117,47 +164,25 @@ async def main(runs: int) -> None:
         nats = NatsServer(root / "nats").start()
         host = SshdHost(root / "ssh").start()
         host.add_container(name="vllm_node")
-        alias = "spark1"
-        port = free_port()
-        settings = stack.make_settings(
-            root / "data",
-            nats.url,
-            [stack.ssh_host_config(alias, host)],
-            known_hosts=str(host.known_hosts_path),
-            bind_port=port,
-            log_level="warning",
-        )
-        config = stack.write_config(settings, root / "settings.yaml")
-        procs = [
-            stack.worker_process(config, "ssh", name="bench-exec"),
-            stack.part_process(config, "web"),
-        ]
-        base = f"http://127.0.0.1:{port}"
         try:
-            await stack.wait_for(stack.front_ready(base), timeout=60)
-            e2e = await end_to_end(base, alias, runs)
+            settings, e2e = await stack_run(root, nats, host, Settings().probe_max_age_s, runs)
+            _, e2e_live = await stack_run(root, nats, host, 0.0, runs)
             ways = await remote_ways(settings, host, runs)
         finally:
-            for p in procs:
-                p.terminate()
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
             host.stop()
             nats.stop()
+    age = Settings().probe_max_age_s
     print(
         f"command path, {runs} runs, OpenSSH sshd on loopback, NATS + executor + web as processes"
     )
-    print(line("POST probe → final event at SSE client", e2e))
+    print(line(f"POST probe → final SSE event (default: reuse ≤{age:g} s)", e2e))
+    print(line("POST probe → final SSE event (probe_max_age_s=0)", e2e_live))
     print("the probe's remote part alone:")
     for name, ms in ways.items():
         print(line(name, ms))
-    per_cmd = statistics.median(ways["exec channel per command (7)"])
-    script = statistics.median(ways["kept shell: probe script (one round-trip)"])
-    kept = statistics.median(ways["kept shell: 7 commands"])
-    print(f"  probe as the executor runs it vs an exec channel each: {per_cmd / script:.1f}x")
-    print(f"  7 commands on the kept shell vs an exec channel each:  {per_cmd / kept:.1f}x")
+    per_cmd = statistics.median(ways[EXEC])
+    for name in (REUSED, LIVE, SEVEN):
+        print(f"  {EXEC} vs {name}: {per_cmd / statistics.median(ways[name]):.1f}x")
 
 
 if __name__ == "__main__":

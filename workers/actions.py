@@ -52,10 +52,18 @@ class Action(Protocol):
 
 
 class Probe:
-    """Read the host's uptime, load, memory, disks, containers and GPUs."""
+    """Read the host's uptime, load, memory, disks, containers and GPUs; the last three may
+    come from a probe at most ``max_age_s`` old (workers/probe.py)."""
+
+    reads_only = True  # changes nothing: the executor may start it before its claim
+
+    def __init__(self, max_age_s: float = 0.0) -> None:
+        self.max_age_s = max_age_s
 
     async def run(self, ctx: JobContext) -> Any:
-        result = await probe(ctx.runner, ctx.host.alias, timeout=ctx.timeout_s)
+        result = await probe(
+            ctx.runner, ctx.host.alias, timeout=ctx.timeout_s, max_age_s=self.max_age_s
+        )
         return msgspec.to_builtins(result)
 
     async def reconcile(self, ctx: JobContext) -> Any | None:

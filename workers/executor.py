@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -51,6 +53,7 @@ class Executor:
         self.runners = HostRunners(settings, on_down=self._host_down)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._deliveries: dict[str, int] = {}  # host → consumer sequence of its last command
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -143,17 +146,65 @@ class Executor:
             message = f"unknown action {action!r}; known: {known}"
             await reject(job_id, host.alias, action, "UNKNOWN_ACTION", message)
             return await _ack(msg)
+        self._note_delivery(host, msg, action)
         redelivered = msg.metadata.num_delivered > 1
-        lease = await self.ledger.claim(job_id, host.alias, action, cmd, redelivered)
+        early = None if redelivered else self._start_early(host, job_id, action, cmd)
+        try:
+            lease = await self.ledger.claim(job_id, host.alias, action, cmd, redelivered)
+        except BaseException:
+            if early is not None:
+                await early.abandon()
+            raise
+        if (lease is None or lease == "later") and early is not None:
+            await early.abandon()
         if lease is None:
             return await _ack(msg)
         if lease == "later":  # its owner is alive and will ack
             return await msg.nak(delay=self.settings.ack_wait_s / 2)
-        await self._run(host, msg, lease, cmd)
+        await self._run(host, msg, lease, cmd, early)
 
-    async def _run(self, host: HostConfig, msg: Msg, lease: Lease, cmd: c.Command) -> None:
+    def _start_early(
+        self, host: HostConfig, job_id: str, action: str, cmd: c.Command
+    ) -> _Early | None:
+        """Start a read-only action (``reads_only``) before its claim is confirmed: it
+        changes nothing, so it can be dropped if the claim fails, and the claim's
+        round-trips overlap the host's work. Its events wait for the claim."""
+        act = self.actions[action]
+        if not getattr(act, "reads_only", False):
+            return None
+        emitter: asyncio.Future[Emit] = asyncio.get_running_loop().create_future()
+
+        async def emit(event: c.Event) -> None:
+            await (await asyncio.shield(emitter))(event)
+
+        t = c.now()
+        job = c.JobRecord(
+            id=job_id, host=host.alias, action=action, state="running", created_at=t,
+            updated_at=t, args=cmd.args, requested_by=cmd.requested_by, attempts=1,
+        )  # fmt: skip
+        limit = self._limit(action, cmd)
+        ctx = JobContext(
+            job=job, host=host, runner=self.runners.get(host), timeout_s=limit, emit=emit
+        )
+        return _Early(asyncio.create_task(self._work(act, ctx, limit)), emitter)
+
+    def _limit(self, action: str, cmd: c.Command) -> float:
+        return cmd.timeout_s or LONG_ACTIONS_S.get(action, self.settings.command_timeout_s)
+
+    def _note_delivery(self, host: HostConfig, msg: Msg, action: str) -> None:
+        """What a probe read may be reused only while nothing could have changed the host:
+        forget it on any other action, or when another replica took this host's previous
+        command (a gap in the consumer's delivery sequence)."""
+        seq = msg.metadata.sequence.consumer
+        if action != "probe" or self._deliveries.get(host.alias) != seq - 1:
+            self.runners.get(host).memo.clear()
+        self._deliveries[host.alias] = seq
+
+    async def _run(
+        self, host: HostConfig, msg: Msg, lease: Lease, cmd: c.Command, early: _Early | None
+    ) -> None:
         job = lease.job
-        timeout = cmd.timeout_s or LONG_ACTIONS_S.get(job.action, self.settings.command_timeout_s)
+        timeout = self._limit(job.action, cmd)
         runner = self.runners.get(host)
 
         async def emit(event: c.Event) -> None:
@@ -163,8 +214,16 @@ class Executor:
             job=job, host=host, runner=runner, timeout_s=timeout, emit=emit,
             takeover=job.attempts > 1,
         )  # fmt: skip
-        await emit(c.Event(kind="started", ts=c.now(), data={"attempt": job.attempts}))
-        work = asyncio.create_task(self._work(self.actions[job.action], ctx, timeout))
+        # ``started`` goes out first (tasks start in creation order); its acknowledgement is
+        # awaited alongside the work instead of before it
+        started = asyncio.create_task(
+            emit(c.Event(kind="started", ts=c.now(), data={"attempt": job.attempts}))
+        )
+        if early is not None:
+            work = early.work
+            early.emitter.set_result(emit)
+        else:
+            work = asyncio.create_task(self._work(self.actions[job.action], ctx, timeout))
         lost = asyncio.Event()
         beat = asyncio.create_task(self._heartbeat(msg, lease, work, lost))
 
@@ -179,6 +238,7 @@ class Executor:
         except BaseException:
             work.cancel()
             beat.cancel()
+            started.cancel()
             raise
         outcome: tuple[str, Any, str | None, str | None]
         try:
@@ -201,12 +261,15 @@ class Executor:
             beat.cancel()
             with contextlib.suppress(nats.errors.Error):
                 await cancel_sub.unsubscribe()
+        with contextlib.suppress(SparkError):
+            await started
+        if job.action != "probe":  # what it changed makes earlier reads stale
+            runner.memo.clear()
         state, result, error, code = outcome
-        final, host_events = await asyncio.gather(
-            self.ledger.finish(lease, state, result, error, code),
+        _, host_events = await asyncio.gather(
+            self.ledger.finish_and_announce(lease, state, result, error, code),
             host_outcome(self.bus, job, result, code, error),
         )
-        await self.ledger.publish_final(final)
         for subject, event in host_events:
             event.worker = self.worker
             with contextlib.suppress(SparkError):
@@ -281,6 +344,23 @@ class Executor:
 
     async def _host_down(self, alias: str, reason: str) -> None:
         await mark_down(self.bus, alias, reason, self.worker)
+
+
+Emit = Callable[[c.Event], Awaitable[None]]
+
+
+@dataclass
+class _Early:
+    """A read-only action started before its claim (``Executor._start_early``)."""
+
+    work: asyncio.Task[Any]
+    emitter: asyncio.Future[Emit]
+
+    async def abandon(self) -> None:
+        self.work.cancel()
+        await asyncio.wait([self.work])
+        if not self.emitter.done():
+            self.emitter.cancel()
 
 
 async def _ack(msg: Msg) -> None:

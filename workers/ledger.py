@@ -93,10 +93,16 @@ class Ledger:
             return True
 
     async def finish(
-        self, lease: Lease, state: str, result: Any, error: str | None, code: str | None
+        self,
+        lease: Lease,
+        state: str,
+        result: Any,
+        error: str | None,
+        code: str | None,
+        at: float | None = None,
     ) -> c.JobRecord:
         """Write the final record (compare-and-set, re-reading on a conflict)."""
-        t = c.now()
+        t = at or c.now()
         current, rev = lease.job, lease.rev
         final = current
         for _ in range(5):
@@ -113,6 +119,25 @@ class Ledger:
                     break
                 current, rev = got
         lease.job = final
+        return final
+
+    async def finish_and_announce(
+        self, lease: Lease, state: str, result: Any, error: str | None, code: str | None
+    ) -> c.JobRecord:
+        """``finish`` and ``publish_final`` pipelined: the record's write is sent first, the
+        final event right behind it on the same connection, then both acknowledgements are
+        awaited (one round-trip instead of two)."""
+        t = c.now()
+        final = msgspec.structs.replace(
+            lease.job, state=state, result=result, error=error, code=code,
+            finished_at=t, updated_at=t,
+        )  # fmt: skip
+        write = asyncio.create_task(self.finish(lease, state, result, error, code, at=t))
+        await asyncio.sleep(0)  # let the write go out first
+        try:
+            await self.publish_final(final)
+        finally:
+            final = await write
         return final
 
     async def reject(self, job_id: str, host: str, action: str, code: str, message: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Collection
 
 import msgspec
 
@@ -21,31 +22,62 @@ from workers.runner import ShellRunner
 MARK = "@@spark:"
 GPU_QUERY = "name,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw"
 
-PROBE_SCRIPT = f"""export LC_ALL=C
-hf="${{HF_HOME:-$HOME/.cache/huggingface}}/hub"
+SLOW_SOURCES = ("disk", "docker", "gpu")
+"""Sections that start a process on the host (df, docker, nvidia-smi); /proc is read with
+builtins. A probe may reuse these from a recent one (``probe_max_age_s``)."""
+SLOW_SECTIONS = frozenset({"df", "docker", "docker-error", "no-docker", "gpu"})
+
+_HEAD = "export LC_ALL=C\n"
+_START = {
+    "disk": """hf="${{HF_HOME:-$HOME/.cache/huggingface}}/hub"
 while [ ! -e "$hf" ] && [ -n "$hf" ]; do hf="${{hf%/*}}"; done
-hf="${{hf:-/}}"; dk=""; gp=""
+hf="${{hf:-/}}"
 exec 4< <(df -P -B1 -- "$HOME" "$hf" 2>/dev/null)
+""",
+    "docker": """dk=""
 if command -v docker >/dev/null 2>&1; then
   dk=1; exec 5< <(docker ps --format '{{{{json .}}}}' 2>/dev/null || echo '{MARK}docker-error')
 fi
+""",
+    "gpu": """gp=""
 if command -v nvidia-smi >/dev/null 2>&1; then
   gp=1; exec 6< <(nvidia-smi --query-gpu={GPU_QUERY} --format=csv,noheader,nounits 2>/dev/null)
 fi
-echo '{MARK}uptime'; read -r l < /proc/uptime; echo "$l"
+""",
+}
+_PROC = """echo '{MARK}uptime'; read -r l < /proc/uptime; echo "$l"
 echo '{MARK}loadavg'; read -r l < /proc/loadavg; echo "$l"
-echo '{MARK}meminfo'; while IFS= read -r l; do echo "$l"; done < /proc/meminfo
-mapfile -t rows <&4
+mapfile -t rows < /proc/meminfo; echo '{MARK}meminfo'; printf '%s\\n' "${{rows[@]}}"
+"""
+_READ = {
+    "disk": """mapfile -t rows <&4
 echo "{MARK}df $HOME"; printf '%s\\n' "${{rows[0]}}" "${{rows[1]}}"
 echo "{MARK}df $hf"; printf '%s\\n' "${{rows[0]}}" "${{rows[2]}}"
-if [ -n "$dk" ]; then
-  echo '{MARK}docker'; while IFS= read -r l; do echo "$l"; done <&5
+""",
+    "docker": """if [ -n "$dk" ]; then
+  mapfile -t rows <&5; echo '{MARK}docker'; [ ${{#rows[@]}} -eq 0 ] || printf '%s\\n' "${{rows[@]}}"
 else echo '{MARK}no-docker'; fi
-if [ -n "$gp" ]; then
-  echo '{MARK}gpu'; while IFS= read -r l; do echo "$l"; done <&6
+""",
+    "gpu": """if [ -n "$gp" ]; then
+  mapfile -t rows <&6; echo '{MARK}gpu'; [ ${{#rows[@]}} -eq 0 ] || printf '%s\\n' "${{rows[@]}}"
 fi
-true
-"""
+""",
+}
+
+
+def probe_script(live: Collection[str] = SLOW_SOURCES) -> str:
+    """The probe as one script: /proc always, plus the ``live`` slow sources, which start
+    side by side before /proc is read."""
+    fmt = {"MARK": MARK, "GPU_QUERY": GPU_QUERY}
+    parts = [_HEAD]
+    parts += [_START[s].format(**fmt) for s in SLOW_SOURCES if s in live]
+    parts.append(_PROC.format(**fmt))
+    parts += [_READ[s].format(**fmt) for s in SLOW_SOURCES if s in live]
+    parts.append("true\n")
+    return "".join(parts)
+
+
+PROBE_SCRIPT = probe_script()
 
 
 def split_sections(text: str) -> list[tuple[str, str, str]]:
@@ -194,15 +226,42 @@ def parse_probe(host: str, text: str, *, probed_at: float, duration_ms: float) -
     )
 
 
+SAMPLE_MEMO = "probe.slow"
+
+
+def _slow_text(text: str) -> str:
+    """The slow sections of a probe's output, as they came (markers included)."""
+    return "".join(
+        f"{MARK}{name}{' ' + arg if arg else ''}\n{body}"
+        for name, arg, body in split_sections(text)
+        if name in SLOW_SECTIONS
+    )
+
+
 async def probe(
     runner: ShellRunner,
     host: str,
     *,
     timeout: float,  # noqa: ASYNC109 (budget of the command)
+    max_age_s: float = 0.0,
 ) -> ProbeResult:
-    """Probe ``host`` through its runner in one command."""
+    """Probe ``host`` through its runner in one command. /proc is read live; disks,
+    containers and GPUs are reused from a probe at most ``max_age_s`` old if the runner's
+    memo still holds them (nothing that may change the host ran since)."""
     probed_at = time.time()
     t0 = time.perf_counter()
-    res = await runner.run(PROBE_SCRIPT, timeout=timeout)
+    kept = runner.memo.get(SAMPLE_MEMO)
+    reuse = kept is not None and max_age_s > 0 and probed_at - kept[1] <= max_age_s
+    res = await runner.run(
+        probe_script(set() if reuse else SLOW_SOURCES), timeout=timeout, reads_only=True
+    )
     duration_ms = (time.perf_counter() - t0) * 1000
-    return parse_probe(host, res.stdout, probed_at=probed_at, duration_ms=duration_ms)
+    if reuse and kept is not None:
+        text, sampled_at = res.stdout + kept[0], kept[1]
+    else:
+        text, sampled_at = res.stdout, probed_at
+    result = parse_probe(host, text, probed_at=probed_at, duration_ms=duration_ms)
+    result.sampled_at = sampled_at
+    if not reuse:
+        runner.memo[SAMPLE_MEMO] = (_slow_text(res.stdout), probed_at)
+    return result

@@ -16,7 +16,8 @@ from workers.weights import Delete, Disk, Download
 
 def registry(bus: Bus, settings: Settings) -> dict[str, Action]:
     actions: dict[str, Action] = {
-        "probe": Probe(), "swap": Swap(bus, Notifier(settings), settings.cluster_script),
+        "probe": Probe(settings.probe_max_age_s),
+        "swap": Swap(bus, Notifier(settings), settings.cluster_script),
         "stop": Stop(bus), "restart": Restart(bus),
         "download": Download(settings), "delete": Delete(bus), "disk": Disk(), "scan": Scan(bus),
         "service": ServiceAction(bus), "nim_install": NimInstall(settings),

@@ -15,7 +15,7 @@ from app import jobs, swaplock
 from app.config import Settings
 from app.errors import BadRequest, UnknownHost
 from app.routes.deps import bus_of, settings_of
-from app.sse import as_json, job_stream, last_event_id
+from app.sse import as_json, job_stream, last_event_id, open_job
 
 BODY_LIMIT = 64 * 1024
 LOCKED_ACTIONS = frozenset({"swap", "stop", "restart"})
@@ -111,9 +111,9 @@ async def job_events(
     state: State, request: Request[Any, Any, Any], job_id: FromPath[str]
 ) -> ServerSentEvent:
     bus = bus_of(state)
-    await jobs.get(bus, job_id)  # 404 before the stream starts
     after = last_event_id(request.headers.get("last-event-id"))
-    return ServerSentEvent(job_stream(bus, job_id, after, as_json))
+    sub = await open_job(bus, job_id, after)  # 404 before the stream starts
+    return ServerSentEvent(job_stream(bus, job_id, after, as_json, sub=sub))
 
 
 @get("/api/hosts/{host:str}/model")

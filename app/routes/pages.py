@@ -22,7 +22,7 @@ from app.errors import BadRequest
 from app.routes import services as services_api
 from app.routes import swap
 from app.routes.deps import bus_of, settings_of
-from app.sse import last_event_id
+from app.sse import last_event_id, open_job
 
 FORM_LIMIT = 16 * 1024
 MODEL_ACTIONS = frozenset({"swap", "stop"})
@@ -80,7 +80,8 @@ async def job_fragments(
     job shows of its host: the tile (hosts page: probes) or, for a swap or stop (models page),
     the host's current-model line. Only elements that page has, so htmx finds every target."""
     bus, settings = bus_of(state), settings_of(state)
-    await jobs.get(bus, job_id)
+    after = last_event_id(request.headers.get("last-event-id"))
+    sub = await open_job(bus, job_id, after)
     engine = request.app.template_engine
     assert engine is not None
     event_t, tile_t, head_t = (
@@ -88,10 +89,9 @@ async def job_fragments(
     )
     models_t = engine.get_template("models.html")
     services_t = engine.get_template("services.html")
-    after = last_event_id(request.headers.get("last-event-id"))
 
     async def fragments() -> AsyncIterator[ServerSentEventMessage]:
-        async for seq, event in bus.job_events(job_id, after):
+        async for seq, event in bus.job_events(job_id, after, sub=sub):
             html = event_t.render(ev=event, seq=seq)
             if oob and event.kind in c.FINAL_KINDS:  # refresh the head, then tile or model line
                 job = await jobs.get(bus, job_id)
