@@ -14,17 +14,19 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import msgspec
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 
 from app.bus import Bus
 from app.config import Settings
-from app.errors import BadRequest, SparkError
+from app.errors import BadRequest, SparkError, error_body
 from app.proxy import forward as fw
 from app.proxy.errors import Busy, ModelNotLoaded, SwapFailed, UnknownModel
 from app.proxy.metrics import Metrics, completion_tokens
@@ -36,6 +38,10 @@ log = logging.getLogger(__name__)
 BodyTransform = Callable[[bytes], Awaitable[bytes]]
 SPEECH_RETRY_AFTER_S = 60.0
 PROBE_EVERY_S = 30.0
+NOTICE_HEADER = "x-spark-loading-notice"
+"""Opt-in (``1``/``true``) for streaming requests: SSE comments while a swap loads the model."""
+NOTICE_AFTER_S = 0.05
+NOTICE_EVERY_S = 5.0
 MAX_JSON_BODY = 64 * 1024 * 1024
 """JSON requests are read whole (to find ``model``); images in chat make them large."""
 
@@ -44,6 +50,7 @@ class ModelField(msgspec.Struct):
     """The only fields the proxy reads from a JSON body; the rest is passed on untouched."""
 
     model: str | None = None
+    stream: bool = False
 
 
 class Proxy:
@@ -122,11 +129,22 @@ class Proxy:
     # --- routing ----------------------------------------------------------------------------
 
     async def route(
-        self, request: Request[Any, Any, Any], name: str | None, kind: str = "llm"
+        self,
+        request: Request[Any, Any, Any],
+        name: str | None,
+        kind: str = "llm",
+        *,
+        watch: bool = True,
     ) -> tuple[Target, Lease | None]:
         """The target for ``name`` and, for a lifecycle-placed model, a claim on it; waits
-        (cancellable by the client leaving) for an on-demand swap when one is needed."""
+        (cancellable by the client leaving) for an on-demand swap when one is needed.
+        ``watch`` False: the caller watches the client itself (a loading notice stream)."""
         router = self.router
+
+        async def wait(key: str, host: str | None = None) -> Lease:
+            waiting = self.scheduler.wait(key, host)
+            return await (fw.watch_client(request, waiting) if watch else waiting)
+
         if name:
             target = router.resolve(name)
             if target is None and router.recipe(name) is None:
@@ -137,9 +155,7 @@ class Proxy:
                     return target, None
                 lease = self.scheduler.try_admit(target.host, target.key)
                 if lease is None:
-                    lease = await fw.watch_client(
-                        request, self.scheduler.wait(target.key, target.host)
-                    )
+                    lease = await wait(target.key, target.host)
                 return self._placed(target.key, lease), lease
             found = router.recipe(name)
             if found is not None:
@@ -149,7 +165,7 @@ class Proxy:
                         f"model {name!r} is in the catalog but not loaded, and on_demand is off "
                         "for it; swap it in with POST /api/swap"
                     )
-                lease = await fw.watch_client(request, self.scheduler.wait(key))
+                lease = await wait(key)
                 return self._placed(key, lease), lease
         if kind != "llm" and (service := router.service(kind)) is not None:
             return service, None
@@ -184,12 +200,41 @@ class Proxy:
         if body_transform is not None:
             raw = await body_transform(raw)
         try:
-            name = msgspec.json.decode(raw, type=ModelField).model
+            fields = msgspec.json.decode(raw, type=ModelField)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise BadRequest("body: expected a JSON object", code="BAD_JSON") from exc
+        name = fields.model
         label = name or kind
+        if fields.stream and request.headers.get(NOTICE_HEADER, "").lower() in ("1", "true"):
+            routing = asyncio.ensure_future(self.route(request, name, kind, watch=False))
+            await asyncio.wait({routing}, timeout=NOTICE_AFTER_S)
+            if not routing.done():  # a swap is needed: answer now, notices while it runs
+                claim = _Claim(routing)
+                body = self._noticed(request, claim, path, raw, name, label, started)
+                weakref.finalize(body, claim.drop)  # a stream never iterated drops it too
+                return fw.RelayStream(body, status_code=200, media_type="text/event-stream",
+                                      headers={"cache-control": "no-cache"})  # fmt: skip
+            return await self._forward_routed(
+                request, routing, path, raw, name, label, started, chunk_transform
+            )
+        return await self._forward_routed(
+            request, self.route(request, name, kind), path, raw, name, label, started,
+            chunk_transform,
+        )  # fmt: skip
+
+    async def _forward_routed(
+        self,
+        request: Request[Any, Any, Any],
+        routing: Awaitable[tuple[Target, Lease | None]],
+        path: str,
+        raw: bytes,
+        name: str | None,
+        label: str,
+        started: float,
+        chunk_transform: fw.ChunkTransform | None,
+    ) -> Response[Any]:
         try:
-            target, lease = await self.route(request, name, kind)
+            target, lease = await routing
         except fw.ClientGone:
             raise
         except SparkError:
@@ -201,6 +246,52 @@ class Proxy:
             request, target, path, raw, len(raw), started=started, lease=lease, label=label,
             chunk_transform=chunk_transform, watch=True,
         )  # fmt: skip
+
+    async def _noticed(
+        self,
+        request: Request[Any, Any, Any],
+        claim: _Claim,
+        path: str,
+        raw: bytes,
+        name: str | None,
+        label: str,
+        started: float,
+    ) -> AsyncIterator[bytes]:
+        """The opt-in loading notice: SSE comments (``: loading …``, which SSE clients skip)
+        while the swap runs, then the upstream's stream, or an SSE error event. Leaving early
+        cancels the wait, which drops the request's claim."""
+        routing = claim.routing
+        try:
+            yield f": loading {name}; this request waits for it\n\n".encode()
+            while not routing.done():
+                await asyncio.wait({routing}, timeout=NOTICE_EVERY_S)
+                if not routing.done():
+                    yield f": still loading {name}\n\n".encode()
+            try:
+                target, lease = routing.result()
+                claim.taken = True  # from here _open / the relay own the lease
+                if name and target.source == "state" and target.served != name:
+                    raw = _with_model(raw, target.served)
+                resp, done = await self._open(
+                    request, target, path, raw, len(raw), started=started, lease=lease,
+                    label=label, watch=False,
+                )  # fmt: skip
+            except SparkError as exc:
+                if not isinstance(exc, fw.ClientGone):
+                    self.metrics.failed(label)
+                yield b"data: " + msgspec.json.encode({"error": error_body(exc)}) + b"\n\n"
+                return
+            relay = fw.Relay(resp, started, done)
+            if resp.status >= 400:  # the status line is sent already: say it in the stream
+                content = b"".join([chunk async for chunk in relay])
+                message = content.decode(errors="replace")[:2000]
+                error = {"error": {"error": message, "code": f"HTTP_{resp.status}"}}
+                yield b"data: " + msgspec.json.encode(error) + b"\n\n"
+                return
+            async for chunk in relay:
+                yield chunk
+        finally:
+            claim.drop()
 
     async def forward_upload(self, request: Request[Any, Any, Any], path: str) -> Response[Any]:
         """Stream a multipart upload (``/v1/audio/transcriptions``) to the speech-to-text
@@ -242,6 +333,31 @@ class Proxy:
         chunk_transform: fw.ChunkTransform | None,
         watch: bool,
     ) -> Response[Any]:
+        resp, done = await self._open(
+            request, target, path, content, length,
+            started=started, lease=lease, label=label, watch=watch,
+        )  # fmt: skip
+        if chunk_transform is None and fw.complete_body(resp):
+            return await fw.whole_response(resp, started, done)
+        relay = fw.Relay(resp, started, done)
+        body = relay if chunk_transform is None else chunk_transform(relay)
+        return fw.stream_response(resp, body, keep_length=chunk_transform is None)
+
+    async def _open(
+        self,
+        request: Request[Any, Any, Any],
+        target: Target,
+        path: str,
+        content: bytes | AsyncIterator[bytes],
+        length: int | None,
+        *,
+        started: float,
+        lease: Lease | None,
+        label: str,
+        watch: bool,
+    ) -> tuple[aiohttp.ClientResponse, fw.Done]:
+        """Send to the upstream; the response (body unread) and the callback that ends the
+        request's bookkeeping (lease, figures) exactly once."""
         metrics = self.metrics
         metrics.started(label)
         try:
@@ -274,11 +390,27 @@ class Proxy:
                 total_s=time.perf_counter() - started, tokens=completion_tokens(tail),
             )  # fmt: skip
 
-        if chunk_transform is None and fw.complete_body(resp):
-            return await fw.whole_response(resp, started, done)
-        relay = fw.Relay(resp, started, done)
-        body = relay if chunk_transform is None else chunk_transform(relay)
-        return fw.stream_response(resp, body, keep_length=chunk_transform is None)
+        return resp, done
+
+
+class _Claim:
+    """A routing still under way for a loading-notice stream; ``drop`` gives up whatever it
+    holds (cancels the wait, or releases a lease nobody took) unless the stream took it."""
+
+    def __init__(self, routing: asyncio.Future[tuple[Target, Lease | None]]):
+        self.routing = routing
+        self.taken = False
+
+    def drop(self) -> None:
+        if self.taken:
+            return
+        self.taken = True
+        if not self.routing.done():
+            self.routing.cancel()
+        elif not self.routing.cancelled() and self.routing.exception() is None:
+            lease = self.routing.result()[1]
+            if lease is not None:
+                lease.release()
 
 
 class TooLarge(SparkError):

@@ -116,3 +116,32 @@ async def test_queue_bound_answers_503_with_retry_after(setup: Any, ssh_host: An
         assert r.json()["code"] == "QUEUE_FULL" and int(r.headers["retry-after"]) >= 1
         assert await asyncio.wait_for(first, 60) == (REPLY, "stop")
         await client.close()
+
+
+async def test_loading_notice_streams_comments_while_the_swap_runs(
+    setup: Any, ssh_host: Any
+) -> None:
+    ssh_host.sim_config(start_delay_s=1.5)
+    settings = setup(command_timeout_s=60.0, proxy_min_residency_s=0.5)
+    async with stack.executor(settings), stack.web(settings) as base:
+        await stack.wait_for(stack.front_ready(base), timeout=20)
+        body = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        lines: list[tuple[float, str]] = []
+        loop = asyncio.get_running_loop()
+        async with httpx.AsyncClient(timeout=60) as http:
+            t0 = loop.time()
+            async with http.stream("POST", f"{base}/v1/chat/completions", json=body,
+                                   headers={"x-spark-loading-notice": "1"}) as r:  # fmt: skip
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    if line:
+                        lines.append((loop.time() - t0, line))
+        assert lines[0][1].startswith(": loading a") and lines[0][0] < 1.0
+        data = [line for _, line in lines if line.startswith("data: ")]
+        assert data[-1] == "data: [DONE]"
+        assert lines[-1][0] > 1.5  # the answer came after the swap
+        # the openai client skips the comments
+        client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0,
+                                    default_headers={"x-spark-loading-notice": "1"})  # fmt: skip
+        assert await chat(client, "b") == (REPLY, "stop")
+        await client.close()
