@@ -18,13 +18,13 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -39,6 +39,8 @@ from tests import stack  # noqa: E402
 from tests.servers import NatsServer, free_port  # noqa: E402
 
 MODEL = "bench"
+KEY = "sk-" + secrets.token_hex(32)
+"""The bearer key every request carries (LiteLLM's master key; the others ignore it)."""
 CONCURRENCY = (1, 16, 64)
 
 # --- the upstream ----------------------------------------------------------------------------
@@ -128,8 +130,8 @@ class Conn:
         t0 = time.perf_counter()
         self.writer.write(
             b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
-            b"authorization: Bearer sk-bench\r\ncontent-length: %d\r\n\r\n%s"
-            % (path.encode(), self.host.encode(), len(body), body)
+            b"authorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s"
+            % (path.encode(), self.host.encode(), KEY.encode(), len(body), body)
         )
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
@@ -205,13 +207,17 @@ async def wait_http(url: str, timeout: float) -> None:
     async with httpx.AsyncClient() as client:
         while time.monotonic() < deadline:
             try:
-                r = await client.get(url, timeout=2, headers={"authorization": "Bearer sk-bench"})
+                r = await client.get(url, timeout=2, headers={"authorization": f"Bearer {KEY}"})
                 if r.status_code < 500:
                     return
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.2)
     raise TimeoutError(f"{url} did not answer")
+
+
+def start_upstream(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(port)])
 
 
 def start_litellm(binary: str, upstream: int, root: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -226,12 +232,32 @@ def start_litellm(binary: str, upstream: int, root: Path) -> tuple[subprocess.Po
         "      api_key: sk-bench\n"
         "litellm_settings:\n  telemetry: false\n  drop_params: true\n"
     )
-    env = dict(os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False")
+    env = dict(os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", LITELLM_MASTER_KEY=KEY)
     proc = subprocess.Popen(
         [binary, "--config", str(config), "--port", str(port), "--num_workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=root,
     )  # fmt: skip
     return proc, port
+
+
+def report(cells: dict[tuple[bool, int, str], dict[str, float]]) -> None:
+    print(f"{'stream':>6} {'conc':>4} {'target':>14} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'+p50':>7} {'+p99':>7} {'ttft ms':>8} {'+ttft':>7} {'req/s':>8}")  # fmt: skip
+    for stream in (False, True):
+        for conc in CONCURRENCY:
+            d = cells[stream, conc, "direct"]
+            for name in ("direct", "spark-control", "litellm"):
+                r = cells.get((stream, conc, name))
+                if r is None:
+                    continue
+                added = "" if r is d else f"{r['p50'] - d['p50']:7.2f} {r['p99'] - d['p99']:7.2f}"
+                addt = "" if r is d else f"{r['ttft'] - d['ttft']:7.2f}"
+                print(f"{stream!s:>6} {conc:>4} {name:>14} {r['p50']:8.2f} {r['p99']:8.2f} "
+                      f"{added:>15} {r['ttft']:8.2f} {addt:>7} {r['rps']:8.0f}")  # fmt: skip
+    lite = cells.get((True, 64, "litellm"))
+    if lite:
+        ratio = cells[True, 64, "spark-control"]["rps"] / lite["rps"]
+        print(f"requests/s at concurrency 64, streaming: spark-control / LiteLLM = {ratio:.1f}x")
 
 
 async def main(n: int, litellm: str | None) -> None:
@@ -241,8 +267,7 @@ async def main(n: int, litellm: str | None) -> None:
         nats = NatsServer(root / "nats").start()
         try:
             upstream = free_port()
-            procs.append(subprocess.Popen([sys.executable, __file__, "--serve-upstream",
-                                           str(upstream)]))  # fmt: skip
+            procs.append(start_upstream(upstream))
             await wait_http(f"http://127.0.0.1:{upstream}/v1/models", 10)
 
             host = HostConfig(alias="bench", address="127.0.0.1", transport="local")
@@ -255,41 +280,30 @@ async def main(n: int, litellm: str | None) -> None:
             await bus.close()
             procs.append(stack.part_process(config, "web"))
             web = settings.bind_port
-            targets: dict[str, int] = {"direct": upstream, "spark-control": web}
-            if litellm and Path(litellm).exists():
+            await wait_http(f"http://127.0.0.1:{web}/v1/models", 30)
+            cells: dict[tuple[bool, int, str], dict[str, float]] = {}
+            for name, port in (("direct", upstream), ("spark-control", web)):
+                for stream in (False, True):
+                    for conc in CONCURRENCY:
+                        count = n if conc == 1 else max(n, conc * 20)
+                        cells[stream, conc, name] = await run_cell(
+                            port, "/v1/chat/completions", stream, conc, count
+                        )
+            if litellm:  # started only now: its background work would slow the others
                 proc, port = start_litellm(litellm, upstream, root)
                 procs.append(proc)
-                targets["litellm"] = port
-            await wait_http(f"http://127.0.0.1:{web}/v1/models", 30)
-            if "litellm" in targets:
                 try:
-                    await wait_http(f"http://127.0.0.1:{targets['litellm']}/health/readiness", 120)
+                    await wait_http(f"http://127.0.0.1:{port}/health/readiness", 180)
                 except TimeoutError:
                     print("litellm did not start; column skipped", file=sys.stderr)
-                    del targets["litellm"]
-
-            print(f"{'stream':>6} {'conc':>4} {'target':>14} {'p50 ms':>8} {'p99 ms':>8} "
-                  f"{'+p50':>7} {'+p99':>7} {'ttft ms':>8} {'+ttft':>7} {'req/s':>8}")  # fmt: skip
-            for stream in (False, True):
-                for conc in CONCURRENCY:
-                    cells = {}
-                    for name, port in targets.items():
-                        count = n if conc == 1 else max(n, conc * 20)
-                        if name == "litellm":
-                            count = min(count, max(200, conc * 8))
-                        cells[name] = await run_cell(port, "/v1/chat/completions", stream,
-                                                     conc, count)  # fmt: skip
-                    d = cells["direct"]
-                    for name, r in cells.items():
-                        added = "" if name == "direct" else (
-                            f"{r['p50'] - d['p50']:7.2f} {r['p99'] - d['p99']:7.2f}")
-                        addt = "" if name == "direct" else f"{r['ttft'] - d['ttft']:7.2f}"
-                        print(f"{stream!s:>6} {conc:>4} {name:>14} {r['p50']:8.2f} "
-                              f"{r['p99']:8.2f} {added:>15} {r['ttft']:8.2f} {addt:>7} "
-                              f"{r['rps']:8.0f}")  # fmt: skip
-                    if "litellm" in cells and stream and conc == 64:
-                        ratio = cells["spark-control"]["rps"] / cells["litellm"]["rps"]
-                        print(f"spark-control / litellm requests/s at 64 streaming: {ratio:.1f}x")
+                else:
+                    for stream in (False, True):
+                        for conc in CONCURRENCY:
+                            count = min(max(n, conc * 20), max(200, conc * 8))
+                            cells[stream, conc, "litellm"] = await run_cell(
+                                port, "/v1/chat/completions", stream, conc, count
+                            )
+            report(cells)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -309,4 +323,4 @@ if __name__ == "__main__":
     if a.serve_upstream:
         aio.run(serve_upstream(a.serve_upstream))
     else:
-        aio.run(main(a.requests, a.litellm))
+        aio.run(main(a.requests, a.litellm if Path(a.litellm).exists() else None))
