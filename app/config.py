@@ -98,6 +98,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     drains), so alternating clients batch instead of thrashing."""
     s3_endpoint_url: str | None = None
     """The blob signer's S3-compatible store; unset means AWS's own endpoint for the region."""
+    s3_public_endpoint_url: str | None = None
+    """Where clients (GPU hosts, programs) reach the store, when not at ``s3_endpoint_url``:
+    presigned URLs carry this host, since the signed Host must be the one the client reaches."""
     s3_region: str = "us-east-1"
     s3_bucket: str | None = None
     """Bucket of ``rel_path`` signing; the signer answers 503 STORE_UNCONFIGURED without it."""
@@ -163,6 +166,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "ngc_key": ("NGC_API_KEY",),
     "upstreams": ("SPARK_UPSTREAMS",),
     "s3_endpoint_url": ("SPARK_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "s3_public_endpoint_url": ("SPARK_S3_PUBLIC_ENDPOINT_URL",),
     "s3_region": ("SPARK_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
     "s3_bucket": ("SPARK_S3_BUCKET",),
     "s3_access_key_id": ("AWS_ACCESS_KEY_ID",),
@@ -346,8 +350,10 @@ def _validate_signer(s: Settings, source: str) -> None:
     for i, entry in enumerate(s.signer_get_allow):
         if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S*", entry):
             raise ConfigError(f"{source}: signer_get_allow[{i}]: must be s3://bucket/prefix")
-    if s.s3_endpoint_url and not s.s3_endpoint_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{source}: s3_endpoint_url: must be an http(s) URL")
+    for name in ("s3_endpoint_url", "s3_public_endpoint_url"):
+        url = getattr(s, name)
+        if url and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{source}: {name}: must be an http(s) URL")
     if s.signer_timeout_s <= 0:
         raise ConfigError(f"{source}: signer_timeout_s: must be > 0")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", s.transfer_namespace):

@@ -137,8 +137,9 @@ class Signer:
         self.addressing: Addressing = (
             style if style != "auto" else ("path" if settings.s3_endpoint_url else "virtual")
         )
+        public = settings.s3_public_endpoint_url or settings.s3_endpoint_url
         self.presigner = (
-            Presigner(self.creds, settings.s3_region, settings.s3_endpoint_url, self.addressing)
+            Presigner(self.creds, settings.s3_region, public, self.addressing)
             if self.creds
             else None
         )

@@ -479,3 +479,30 @@ async def test_concurrent_big_answers_do_not_mix(front: tuple[str, Settings]) ->
     for i, a in enumerate(answers):
         assert a["uri"].endswith(f"/many/{i}.bin") and len(a["partUrls"]) == 4000 + i
         assert all(f"/many/{i}.bin?uploadId=" in u for u in a["partUrls"])
+
+
+async def test_public_endpoint_is_the_host_signed_into_urls(
+    tmp_path: Path, nats_server: Any, s3_store: SeaweedS3, bucket: str
+) -> None:
+    """The signer reaches the store at 127.0.0.1; clients at ``localhost``: URLs carry the
+    latter (the signed Host is the one the client reaches) and the store accepts them."""
+    public = s3_store.endpoint_url.replace("127.0.0.1", "localhost")
+    settings = signer_settings(tmp_path, nats_server.url, s3_store, bucket,
+                               s3_public_endpoint_url=public)  # fmt: skip
+    async with stack.signer(settings), stack.web(settings) as base:
+        async with httpx.AsyncClient(timeout=30) as client:
+            ans = (
+                await sign(client, base, {"rel_path": "projects/ns-a/pub.bin", "op": mp(1)})
+            ).json()
+            assert all(u.startswith(f"{public}/{bucket}/") for u in ans["partUrls"])
+            put = await client.put(ans["partUrls"][0], content=b"via the public name")
+            assert put.status_code == 200, put.text
+            xml = complete_xml([put.headers["etag"]])
+            assert (await client.post(ans["completeUrl"], content=xml)).status_code == 200
+            got = (
+                await sign(client, base, {"rel_path": "projects/ns-a/pub.bin", "op": GET})
+            ).json()
+            assert (await client.get(got["url"])).content == b"via the public name"
+            # the same URL sent to the other name does not match its signature
+            other = got["url"].replace("localhost", "127.0.0.1")
+            assert (await client.get(other)).status_code == 403
