@@ -96,6 +96,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     proxy_max_wait_s: float = 30.0
     """Ageing: a queued model waiting this long stops new requests to the loaded one (which
     drains), so alternating clients batch instead of thrashing."""
+    proxy_diarization_url: str | None = None
+    """Diarization server for ``/api/audio/transcribe-with-speakers``: takes the multipart
+    upload, answers ``{"segments": [{"start", "end", "speaker"}]}``."""
     s3_endpoint_url: str | None = None
     """The blob signer's S3-compatible store; unset means AWS's own endpoint for the region."""
     s3_public_endpoint_url: str | None = None
@@ -307,6 +310,8 @@ def _validate(s: Settings, source: str) -> Settings:
     for i, url in enumerate(s.upstreams):
         if not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url):
             raise ConfigError(f"{source}: upstreams[{i}]: must be an http(s) URL")
+    if s.proxy_diarization_url and not s.proxy_diarization_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{source}: proxy_diarization_url: must be an http(s) URL")
     if s.proxy_queue_limit < 0:
         raise ConfigError(f"{source}: proxy_queue_limit: must be >= 0")
     _validate_signer(s, source)

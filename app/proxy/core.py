@@ -28,6 +28,7 @@ from app.bus import Bus
 from app.config import Settings
 from app.errors import BadRequest, SparkError, error_body
 from app.proxy import forward as fw
+from app.proxy import speakers
 from app.proxy.errors import Busy, ModelNotLoaded, SwapFailed, UnknownModel
 from app.proxy.metrics import Metrics, completion_tokens
 from app.proxy.ondemand import Lease, Scheduler
@@ -318,6 +319,17 @@ class Proxy:
             if body.exceeded:
                 raise TooLarge(f"upload over {limit} bytes") from exc
             raise
+
+    async def transcribe_with_speakers(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        """Transcription + diarization of one upload merged into speaker turns."""
+        limit = self.settings.proxy_upload_max_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise TooLarge(f"upload over {limit} bytes")
+        stt = self.router.service("stt")
+        return await speakers.transcribe_with_speakers(
+            self.client, stt.base_url if stt else None, self.settings.proxy_diarization_url,
+            _Limited(request, limit).__aiter__(), request.headers.get("content-type", ""),
+        )  # fmt: skip
 
     async def _relay(
         self,

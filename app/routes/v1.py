@@ -21,6 +21,10 @@ def proxy_of(state: State) -> Proxy:
     return proxy
 
 
+def on_proxy_error(request: Request[Any, Any, Any], exc: ProxyError) -> Response[Any]:
+    return Response(error_body(exc), status_code=exc.status, headers=exc.headers)
+
+
 @post("/chat/completions", request_max_body_size=MAX_JSON_BODY)
 async def chat_completions(state: State, request: Request[Any, Any, Any]) -> Response[Any]:
     forward = partial(proxy_of(state).forward_json, request, "/v1/chat/completions")
@@ -56,6 +60,18 @@ async def transcriptions(state: State, request: Request[Any, Any, Any]) -> Respo
     return await proxy_of(state).forward_upload(request, "/v1/audio/transcriptions")
 
 
+@post(
+    "/api/audio/transcribe-with-speakers",
+    status_code=200,
+    request_max_body_size=None,
+    exception_handlers={ProxyError: on_proxy_error},
+)
+async def transcribe_with_speakers(state: State, request: Request[Any, Any, Any]) -> Any:
+    """Multipart upload → ``{duration, language, speakers_detected, segments: [{start_ms,
+    end_ms, speaker, text}]}`` (docs/proxy.md)."""
+    return await proxy_of(state).transcribe_with_speakers(request)
+
+
 @get("/models")
 async def models(state: State) -> dict[str, Any]:
     """Every model of the fleet with its state: loaded (and where), loadable, stopped."""
@@ -67,10 +83,6 @@ async def stats(state: State) -> dict[str, Any]:
     """Per-model figures of the proxy (also published as ``spark.evt.proxy.stats``)."""
     snapshot = proxy_of(state).metrics.snapshot()
     return {"models": msgspec.to_builtins(snapshot)}
-
-
-def on_proxy_error(request: Request[Any, Any, Any], exc: ProxyError) -> Response[Any]:
-    return Response(error_body(exc), status_code=exc.status, headers=exc.headers)
 
 
 ROUTES: list[Any] = [
@@ -88,4 +100,5 @@ ROUTES: list[Any] = [
         exception_handlers={ProxyError: on_proxy_error},
     ),
     stats,
+    transcribe_with_speakers,
 ]

@@ -326,3 +326,35 @@ async def test_speech_upstream_500_is_503_with_retry_after_and_a_probe(
         )
 
     await stack.wait_for(probe_job, timeout=10)
+
+
+async def test_transcribe_with_speakers(
+    front: Any, stubs: list[StubUpstream], files: Path
+) -> None:
+    svc = stub(stubs, "aux")
+    write_services(files / "services.yaml", {
+        "parakeet": {"image": "x/y", "port": svc.port, "kind": "stt", "host": HOST},
+    })  # fmt: skip
+    base, _ = await front(proxy_diarization_url=f"{svc.url}/v1/audio/diarization")
+    audio = bytes(range(256)) * 4000  # 1 MB
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{base}/api/audio/transcribe-with-speakers",
+                            files={"file": ("talk.wav", audio, "audio/wav")},
+                            data={"model": "parakeet"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert r.json() == {
+            "duration": 9.0, "language": "en", "speakers_detected": 2,
+            "segments": [
+                {"start_ms": 0, "end_ms": 2000, "speaker": "SPEAKER_00",
+                 "text": "hello there how are you"},
+                {"start_ms": 4000, "end_ms": 5000, "speaker": "SPEAKER_01",
+                 "text": "fine thanks"},
+                {"start_ms": 7000, "end_ms": 8000, "speaker": "SPEAKER_01", "text": "and you"},
+            ],
+        }  # fmt: skip
+    base2, _ = await front()  # no diarization server configured
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{base2}/api/audio/transcribe-with-speakers",
+                            files={"file": ("talk.wav", b"x" * 10, "audio/wav")})  # fmt: skip
+    assert r.status_code == 503 and r.json()["code"] == "DIARIZATION_UNAVAILABLE"
+    assert "retry-after" in r.headers

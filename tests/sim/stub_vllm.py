@@ -516,7 +516,36 @@ def _transcriptions(h: _Handler) -> None:
         h._error(500, "CUFFT_INTERNAL_ERROR", "InternalServerError")
         return
     body = _read_body(h)
+    if b"verbose_json" in body[-4096:]:  # timed segments, as Whisper-style servers give
+        h._send(
+            200,
+            {
+                "text": " ".join(t for _, _, t in SPOKEN),
+                "duration": 9.0,
+                "language": "en",
+                "bytes": len(body),
+                "segments": [{"start": a, "end": b, "text": t} for a, b, t in SPOKEN],
+            },
+        )
+        return
     h._send(200, {"text": f"received {len(body)} bytes", "bytes": len(body)})
+
+
+SPOKEN = [
+    (0.0, 1.0, "hello there"),
+    (1.2, 2.0, "how are you"),
+    (4.0, 5.0, "fine thanks"),
+    (7.0, 8.0, "and you"),
+]
+"""What the simulated recording says: (start s, end s, text)."""
+SPEAKERS = [(0.0, 2.1, "SPEAKER_00"), (3.9, 9.0, "SPEAKER_01")]
+"""Who speaks when in it (SPEAKER_01's 2 s pause at 5-7 s starts a new turn)."""
+
+
+def _diarization(h: _Handler) -> None:
+    """A pyannote-style diarization server: the upload → who speaks when."""
+    _read_body(h)
+    h._send(200, {"segments": [{"start": a, "end": b, "speaker": s} for a, b, s in SPEAKERS]})
 
 
 def _speech(h: _Handler) -> None:
@@ -547,6 +576,7 @@ EXTRA_ROUTES = {
     "/v1/rerank": _rerank,
     "/v1/audio/transcriptions": _transcriptions,
     "/v1/audio/speech": _speech,
+    "/v1/audio/diarization": _diarization,
 }
 """Beyond vLLM's chat and completions: what the embeddings and speech services answer."""
 
