@@ -19,10 +19,24 @@ class EntityMatch(NamedTuple):
     kind: str
 
 
+_LETTERS = {"ł": "l", "ø": "o", "đ": "d", "ħ": "h", "\u0131": "i", "ŧ": "t", "ŀ": "l", "æ": "ae",
+            "œ": "oe", "þ": "th"}  # fmt: skip
+"""Latin letters NFKD does not decompose, spelled as people type them without the accent."""
+OTHER = "\x1a"
+"""What a non-ASCII character that is neither letter nor digit (a currency sign, a dash, a
+curly quote) folds to: the folded text then stays ASCII (fast to search), and it is no word
+character, like the original."""
+
+
 @lru_cache(maxsize=8192)
 def fold_char(ch: str) -> str:
     decomposed = unicodedata.normalize("NFKD", ch)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+    base = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+    base = "".join(_LETTERS.get(c, c) for c in base)
+    return "".join(c if c.isascii() or c.isalnum() else OTHER for c in base)
+
+
+_ASCII_RUNS = re.compile(r"[\x00-\x7f]+")
 
 
 def fold(text: str) -> tuple[str, list[int] | None]:
@@ -33,21 +47,21 @@ def fold(text: str) -> tuple[str, list[int] | None]:
         return low, None
     if len(low) != len(text):  # a lower-casing that changes length (İ): char by char
         return _fold_each(text)
-    # the non-ASCII characters, found by byte searches (fast); each distinct one whose fold
-    # keeps the length (é → e) is replaced in one pass, the others (ß → ss) spliced in
-    marked = low.encode("ascii", "replace")
-    where: list[int] = []
-    pos = marked.find(b"?")
-    while pos != -1:
-        where.append(pos)
-        pos = marked.find(b"?", pos + 1)
-    folds = {ch: fold_char(ch) for ch in {low[i] for i in where} if ch != "?"}
+    # each distinct non-ASCII character whose fold keeps the length (é → e) is replaced in
+    # one pass over the text; the others (ß → ss, a lone combining mark) are spliced in
+    folds = {ch: fold_char(ch) for ch in set(_ASCII_RUNS.sub("", low))}
+    splice: list[int] = []
     for ch, f in folds.items():
-        if len(f) == 1 and f != ch:
+        if len(f) == 1:
             low = low.replace(ch, f)
-    splice = [i for i in where if len(folds.get(low[i], "?")) != 1]
+            continue
+        pos = low.find(ch)
+        while pos != -1:
+            splice.append(pos)
+            pos = low.find(ch, pos + 1)
     if not splice:
         return low, None
+    splice.sort()
     parts: list[str] = []
     index: list[int] = []
     pos = 0

@@ -176,3 +176,13 @@ def test_fast_fold_equals_char_by_char(text: str) -> None:
     slow, slow_index = _fold_each(text)
     assert folded == slow
     assert (index if index is not None else list(range(len(text)))) == slow_index
+
+
+def test_letters_nfkd_keeps_and_symbols() -> None:
+    m = matcher((("PERSON", "Łukasz Wąsik"), ("PERSON", "Søren Kierkegård"), ("ORG", "Œuvre €1")))
+    text = "LUKASZ WASIK, Soren Kierkegard and oeuvre €1 (also Łukasz Wąsik)."
+    found = [text[e.start : e.end] for e in m.find(text)]
+    assert sorted(found) == sorted(
+        ["LUKASZ WASIK", "Soren Kierkegard", "oeuvre €1", "Łukasz Wąsik"]
+    )
+    assert fold("a€—\u2019b")[0] == "a\x1a\x1a\x1ab"
