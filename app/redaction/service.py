@@ -56,6 +56,9 @@ def ner_url(settings: Settings) -> str:
 
 
 class Redactor:
+    """/scrub, /rehydrate and redacted chat over one map store (opened on first use) and one
+    NER client; ``bus`` (optional) carries the audit events."""
+
     def __init__(self, settings: Settings, bus: Any = None) -> None:
         self.settings = settings
         self.bus = bus
