@@ -136,11 +136,19 @@ class Bus:
     # --- publishing ----------------------------------------------------------------------
 
     async def publish_command(
-        self, host: str, action: str, command: c.Command, msg_id: str
+        self,
+        host: str,
+        action: str,
+        command: c.Command,
+        msg_id: str,
+        lock_token: str | None = None,
     ) -> bool:
         """Publish a host command into SPARK_CMD. Returns False when it was a duplicate."""
+        headers = {MSG_ID: msg_id}
+        if lock_token:
+            headers[c.LOCK_TOKEN_HEADER] = lock_token
         ack = await self._js_publish(
-            c.cmd_host(host, action), c.encode(command), {MSG_ID: msg_id}, retry_s=5.0
+            c.cmd_host(host, action), c.encode(command), headers, retry_s=5.0
         )
         return not ack.duplicate
 

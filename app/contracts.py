@@ -55,6 +55,13 @@ ACTIONS = (
 """Host actions the executor knows (download/delete/disk: workers/weights.py; scan:
 workers/scan.py; push/pull: workers/transfer.py)."""
 
+LOCKED_ACTIONS = frozenset({"swap", "stop", "restart"})
+"""Actions that change the served model: refused while the swap lock is held, unless the
+command carries the lock's token in the ``LOCK_TOKEN_HEADER`` header."""
+LOCK_TOKEN_HEADER = "Spark-Lock-Token"
+"""Header of a command message carrying the swap lock's token (never copied into the job
+record or any event)."""
+
 JOB_KINDS = ("accepted", "started", "progress", "log", "done", "failed", "cancelled")
 FINAL_KINDS = frozenset({"done", "failed", "cancelled"})
 HOST_KINDS = ("up", "down", "probed", "model")

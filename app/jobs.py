@@ -50,8 +50,10 @@ async def submit(
     key: str | None = None,
     timeout_s: float | None = None,
     requested_by: str = "web",
+    lock_token: str | None = None,
 ) -> tuple[c.JobRecord, bool]:
-    """Queue a host command. Returns (job, created); created is False for a repeated key."""
+    """Queue a host command. Returns (job, created); created is False for a repeated key.
+    ``lock_token`` travels in the command's header for the executor's own lock check."""
     check_target(settings, host, action)
     try:
         job_id = c.token(key, "Idempotency-Key") if key else new_job_id()
@@ -84,7 +86,7 @@ async def submit(
     try:  # sent in this order on one connection, acknowledged together
         await asyncio.gather(
             bus.publish_event(c.evt_job(job_id, "accepted"), accepted, f"{job_id}.accepted"),
-            bus.publish_command(host, action, command, msg_id=job_id),
+            bus.publish_command(host, action, command, msg_id=job_id, lock_token=lock_token),
         )
     except SparkError as exc:
         await _fail_unqueued(bus, job, exc)

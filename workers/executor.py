@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from app import contracts as c
+from app import swaplock
 from app.bus import MSG_ID, Bus
 from app.config import HostConfig, Settings
 from app.errors import Cancelled, SparkError
@@ -148,6 +149,13 @@ class Executor:
             return await _ack(msg)
         self._note_delivery(host, msg, action)
         redelivered = msg.metadata.num_delivered > 1
+        if action in c.LOCKED_ACTIONS and not redelivered:  # the bus is a boundary too
+            try:
+                await swaplock.require(self.bus, (msg.headers or {}).get(c.LOCK_TOKEN_HEADER))
+            except swaplock.Locked as exc:
+                message = f"{exc.message} (on the bus: the {c.LOCK_TOKEN_HEADER} header)"
+                await reject(job_id, host.alias, action, exc.code, message)
+                return await _ack(msg)
         early = None if redelivered else self._start_early(host, job_id, action, cmd)
         try:
             lease = await self.ledger.claim(job_id, host.alias, action, cmd, redelivered)

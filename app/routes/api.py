@@ -18,7 +18,6 @@ from app.routes.deps import bus_of, settings_of
 from app.sse import as_json, job_stream, last_event_id, open_job
 
 BODY_LIMIT = 64 * 1024
-LOCKED_ACTIONS = frozenset({"swap", "stop", "restart"})
 
 
 class SubmitBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -67,8 +66,9 @@ async def host_action(
     state: State, request: Request[Any, Any, Any], host: FromPath[str], action: FromPath[str]
 ) -> Response[dict[str, Any]]:
     body = await read_body(request)
-    if action in LOCKED_ACTIONS:  # what changes the served model honours the swap lock
-        await swaplock.require(bus_of(state), request.headers.get(swaplock.TOKEN_HEADER))
+    token = request.headers.get(swaplock.TOKEN_HEADER)
+    if action in c.LOCKED_ACTIONS:  # what changes the served model honours the swap lock
+        await swaplock.require(bus_of(state), token)
     job, created = await jobs.submit(
         bus_of(state),
         settings_of(state),
@@ -78,6 +78,7 @@ async def host_action(
         key=request.headers.get("idempotency-key"),
         timeout_s=body.timeout_s,
         requested_by="http",
+        lock_token=token if action in c.LOCKED_ACTIONS else None,
     )
     return Response(
         {

@@ -67,7 +67,7 @@ async def submit_swap(
     args = {"model": model, "recipe": msgspec.to_builtins(recipe)}
     job, _ = await jobs.submit(
         bus, settings, host, "swap", args, key=key,
-        timeout_s=recipe.start_timeout_s * 2 + 600, requested_by=requested_by,
+        timeout_s=recipe.start_timeout_s * 2 + 600, requested_by=requested_by, lock_token=token,
     )  # fmt: skip
     return job
 

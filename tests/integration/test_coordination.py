@@ -333,3 +333,43 @@ async def test_schedule_refuses_bad_entries(settings: Settings, body: Any, field
         assert r.status_code == 400, r.text
         assert r.json()["error"].startswith(f"{field}:") and r.json()["code"]
         assert (await client.get("/api/schedule")).json() == []
+
+
+async def test_the_executor_enforces_the_lock_on_bus_commands(settings: Settings) -> None:
+    """A program publishing straight onto the bus meets the same lock as HTTP clients: a
+    swap/stop/restart without the token fails with LOCKED (nothing runs); with the token in
+    the Spark-Lock-Token header it runs; actions that do not change the model are not held."""
+    alias = settings.hosts[0].alias
+    async with stack.executor(settings) as bus, front(settings) as client:
+        token = (await client.post(LOCK, json={"holder": "nightly-eval"})).json()["token"]
+
+        async def run(action: str, msg_id: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+            await bus.js.publish(
+                c.cmd_host(alias, action), b"{}", headers={"Nats-Msg-Id": msg_id, **headers}
+            )
+            await stack.wait_for(lambda: bus.get_job(msg_id), timeout=20)
+            return await stack.sse_events(client, f"/api/jobs/{msg_id}/events")
+
+        refused = await run("stop", "bus-stop-1", {})
+        assert refused[-1]["event"] == "failed"
+        assert refused[-1]["data"]["code"] == "LOCKED"
+        assert "nightly-eval" in refused[-1]["data"]["message"]
+        assert token not in str(refused)
+        assert [e["event"] for e in refused] == ["failed"]  # never started
+
+        wrong = await run("stop", "bus-stop-2", {c.LOCK_TOKEN_HEADER: "not-the-token"})
+        assert wrong[-1]["data"]["code"] == "LOCKED"
+
+        allowed = await run("stop", "bus-stop-3", {c.LOCK_TOKEN_HEADER: token})
+        assert allowed[-1]["event"] == "done", allowed[-1]
+        record = (await client.get("/api/jobs/bus-stop-3")).json()
+        assert token not in str(record)
+
+        probe = await run("probe", "bus-probe-1", {})
+        assert probe[-1]["event"] == "done"
+
+        # over HTTP the X-Lock-Token header reaches the executor with the command
+        r = await client.post(f"/api/hosts/{alias}/stop", headers={swaplock.TOKEN_HEADER: token})
+        assert r.status_code == 202, r.text
+        events = await stack.sse_events(client, r.json()["events"])
+        assert events[-1]["event"] == "done", events[-1]
