@@ -64,6 +64,7 @@ RESERVED_FLAGS = frozenset(
 )
 """vLLM flags that a recipe sets through its own fields or that the launcher owns."""
 _SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSW|API_KEY|ACCESS_KEY|PRIVATE_KEY|NGC_KEY")
+_CLUSTER_UNSAFE = re.compile(r"[\s*?\[]")
 _SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 _QUANTIZATION = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
@@ -307,6 +308,13 @@ def _check_knobs(where: str, r: Recipe) -> None:
     for name in r.extra_args:
         if name in RESERVED_FLAGS:
             raise _fail(where, f"extra_args.{name}", "set by the recipe or the launcher, not here")
+    if r.mode == "cluster":
+        for name, value in r.env.items():  # the community script word-splits its -e values
+            if _CLUSTER_UNSAFE.search(value):
+                raise _fail(where, f"env.{name}", "no spaces or * ? [ in cluster mode "
+                            "(launch-cluster.sh splits -e values into words)")  # fmt: skip
+        if r.local_path and _CLUSTER_UNSAFE.search(r.local_path):
+            raise _fail(where, "local_path", "no spaces or * ? [ in cluster mode")
     for name in r.env:
         if _SECRET_ENV.search(name):
             raise _fail(

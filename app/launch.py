@@ -41,15 +41,33 @@ def docker_argv(key: str, recipe: Recipe) -> list[str]:
     return argv
 
 
+EXTRA_DOCKER_ARGS = "VLLM_SPARK_EXTRA_DOCKER_ARGS"
+"""The community script's variable for more ``docker run`` words (a local model's mount)."""
+
+
 def cluster_argv(key: str, recipe: Recipe, script: str = DEFAULT_CLUSTER_SCRIPT) -> list[str]:
-    """Two boxes: the head node's ``launch-cluster.sh`` in daemon ``exec`` mode (container,
-    Ray and ``--network host`` are the script's), tensor parallel over the boxes."""
-    argv = [script, "-d", "exec", "vllm", "serve", model_ref(key, recipe)]
+    """Two boxes: the head node's ``launch-cluster.sh`` in daemon ``exec`` mode (Ray,
+    ``--network host`` and the HF cache mount are the script's) with the recipe's image
+    (``-t``), container name (``--name``) and environment (``-e``), tensor parallel over the
+    boxes. A ``local_path`` model is mounted through the script's extra docker args (the path
+    must exist on every box)."""
+    argv = []
+    if recipe.local_path:
+        argv.append(f"{EXTRA_DOCKER_ARGS}=-v {recipe.local_path}:/models/{key}:ro")
+    argv += [script, "-t", recipe.image, "--name", recipe.container]
+    for name, value in sorted(recipe.env.items()):
+        argv += ["-e", f"{name}={value}"]
+    argv += ["-d", "exec", "vllm", "serve", model_ref(key, recipe)]
     argv += ["--host", "0.0.0.0", "--port", str(recipe.port)]
     flags = vllm_flags(recipe)
     if "--distributed-executor-backend" not in flags:  # the cluster script's Ray, by default
         flags += ["--distributed-executor-backend", "ray"]
     return argv + flags
+
+
+def cluster_stop_argv(recipe: Recipe, script: str = DEFAULT_CLUSTER_SCRIPT) -> list[str]:
+    """Stop a cluster-mode model: the script's ``stop`` removes the container on every box."""
+    return [script, "--name", recipe.container, "stop"]
 
 
 def build_argv(key: str, recipe: Recipe, cluster_script: str = DEFAULT_CLUSTER_SCRIPT) -> list[str]:
@@ -66,6 +84,8 @@ def render(argv: list[str]) -> str:
             words.append(HF_CACHE_SHELL)
         elif word == DEFAULT_CLUSTER_SCRIPT:
             words.append('"$HOME"/spark-vllm-docker/launch-cluster.sh')
+        elif word.startswith(f"{EXTRA_DOCKER_ARGS}="):  # an assignment: the name unquoted
+            words.append(f"{EXTRA_DOCKER_ARGS}={shellsafe.quote(word.split('=', 1)[1])}")
         else:
             words.append(shellsafe.quote(word))
     return " ".join(words)

@@ -22,7 +22,7 @@ from app import catalog, preflight, shellsafe
 from app import contracts as c
 from app.bus import Bus
 from app.errors import SparkError
-from app.launch import DEFAULT_CLUSTER_SCRIPT, build_argv, render
+from app.launch import DEFAULT_CLUSTER_SCRIPT, build_argv, cluster_stop_argv, render
 from workers.actions import JobContext
 from workers.notify import Notifier
 from workers.probe import probe
@@ -101,10 +101,14 @@ class Swap:
             )
         t0 = time.monotonic()
         try:
-            await _stop(ctx, {recipe.container, *([previous.container] if previous else [])})
+            await _stop_recipes(
+                ctx, [recipe, _recipe_of(previous)], self.cluster_script,
+                {previous.container if previous else None},
+            )  # fmt: skip
             await _launch(ctx, key, recipe, self.cluster_script)
         except SparkError as exc:
-            await self._restore(ctx, previous, recipe, exc)
+            if not await self._restore(ctx, previous, recipe, exc):
+                await _record_stopped(self.bus, ctx)  # what ran was stopped; nothing serves
             raise
         await self._record(ctx, key, recipe)
         return {
@@ -116,18 +120,22 @@ class Swap:
     async def _restore(
         self, ctx: JobContext, previous: c.ModelState | None, failed: catalog.Recipe,
         exc: SparkError,
-    ) -> None:  # fmt: skip
+    ) -> bool:  # fmt: skip
+        """Bring the previous model back when the failed recipe asks for it; True if it
+        serves again."""
         if previous is None or previous.model is None or not failed.restore_previous_on_failure:
-            return
+            return False
         await ctx.progress(f"swap failed; bringing back {previous.model}")
         try:
             recipe = catalog.validate_recipe(previous.model, previous.recipe, source="state")
-            await _stop(ctx, {failed.container, recipe.container})
+            await _stop_recipes(ctx, [failed, recipe], self.cluster_script)
             await _launch(ctx, previous.model, recipe, self.cluster_script)
             await self._record(ctx, previous.model, recipe)
             exc.message += f" (previous model {previous.model} restored)"
+            return True
         except SparkError as again:
             exc.message += f" (restoring {previous.model} failed too: {again.message})"
+            return False
 
     async def _record(self, ctx: JobContext, key: str, recipe: catalog.Recipe) -> None:
         state = c.ModelState(
@@ -141,10 +149,12 @@ class Swap:
 
 
 class Stop:
-    """Stop the host's model (its container) and record that nothing runs."""
+    """Stop the host's model (its container; a cluster-mode model on every box) and record
+    that nothing runs."""
 
-    def __init__(self, bus: Bus):
+    def __init__(self, bus: Bus, cluster_script: str = DEFAULT_CLUSTER_SCRIPT):
         self.bus = bus
+        self.cluster_script = cluster_script
 
     async def reconcile(self, ctx: JobContext) -> Any | None:
         return None  # stopping twice is harmless
@@ -155,22 +165,23 @@ class Stop:
         if not container:
             return {"stopped": None}
         shellsafe.check_container(container)
-        await _stop(ctx, {container})
-        await self.bus.put_model_state(
-            c.ModelState(host=ctx.host.alias, model=None, since=c.now(), job_id=ctx.job.id)
-        )
-        event = c.Event(kind="model", ts=c.now(), host=ctx.host.alias, job_id=ctx.job.id,
-                        data={"model": None})  # fmt: skip
-        await self.bus.publish_event(c.evt_host(ctx.host.alias, "model"), event)
+        running = _recipe_of(current)
+        if running is not None and running.container == container:
+            await _stop_recipes(ctx, [running], self.cluster_script)
+        else:
+            await _stop(ctx, {container})
+        await _record_stopped(self.bus, ctx)
         return {"stopped": container}
 
 
 class Restart:
-    """Restart the host's current model in place (``docker restart``) and wait until it serves
+    """Restart the host's current model in place (``docker restart``; a cluster-mode model is
+    stopped and launched again through the head node's script) and wait until it serves
     again, as a swap does; a host with no model recorded has nothing to restart."""
 
-    def __init__(self, bus: Bus):
+    def __init__(self, bus: Bus, cluster_script: str = DEFAULT_CLUSTER_SCRIPT):
         self.bus = bus
+        self.cluster_script = cluster_script
 
     async def reconcile(self, ctx: JobContext) -> Any | None:
         return None  # restarting twice is harmless
@@ -183,6 +194,10 @@ class Restart:
         recipe = catalog.validate_recipe(current.model, current.recipe, source="state")
         await ctx.progress(f"restarting {current.model}")
         t0 = time.monotonic()
+        if recipe.mode == "cluster":
+            await _stop_recipes(ctx, [recipe], self.cluster_script)
+            await _launch(ctx, current.model, recipe, self.cluster_script)
+            return {"model": current.model, "ready_s": round(time.monotonic() - t0, 3)}
         res = await ctx.runner.run(
             f"docker restart {shellsafe.quote(recipe.container)}", timeout=300
         )
@@ -191,6 +206,43 @@ class Restart:
             raise SwapFailed(f"docker restart of {recipe.container} failed: {tail}")
         await _wait_ready(ctx, current.model, recipe)
         return {"model": current.model, "ready_s": round(time.monotonic() - t0, 3)}
+
+
+async def _record_stopped(bus: Bus, ctx: JobContext) -> None:
+    """Nothing serves on the host now: the state bucket and ``spark.evt.host.<h>.model``."""
+    await bus.put_model_state(
+        c.ModelState(host=ctx.host.alias, model=None, since=c.now(), job_id=ctx.job.id)
+    )
+    event = c.Event(kind="model", ts=c.now(), host=ctx.host.alias, job_id=ctx.job.id,
+                    data={"model": None})  # fmt: skip
+    await bus.publish_event(c.evt_host(ctx.host.alias, "model"), event)
+
+
+def _recipe_of(state: c.ModelState | None) -> catalog.Recipe | None:
+    """The recipe a model state recorded (None if nothing runs or it no longer validates)."""
+    if state is None or state.model is None or not state.recipe:
+        return None
+    try:
+        return catalog.validate_recipe(state.model, state.recipe, source="state")
+    except SparkError:
+        return None
+
+
+async def _stop_recipes(
+    ctx: JobContext,
+    recipes: list[catalog.Recipe | None],
+    cluster_script: str,
+    containers: set[str | None] | None = None,
+) -> None:
+    """Stop what these recipes run: cluster-mode ones through the head node's script (its
+    ``stop`` reaches every box), then every container by name on this host."""
+    for recipe in recipes:
+        if recipe is not None and recipe.mode == "cluster":
+            await ctx.progress(f"stopping the cluster's {recipe.container}")
+            line = render(cluster_stop_argv(recipe, cluster_script))
+            await ctx.runner.run(f"{line} >/dev/null 2>&1; true", timeout=120)
+    names = {r.container for r in recipes if r is not None} | (containers or set())
+    await _stop(ctx, names)
 
 
 async def _stop(ctx: JobContext, containers: set[str | None]) -> None:

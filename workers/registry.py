@@ -18,7 +18,7 @@ def registry(bus: Bus, settings: Settings) -> dict[str, Action]:
     actions: dict[str, Action] = {
         "probe": Probe(settings.probe_max_age_s),
         "swap": Swap(bus, Notifier(settings), settings.cluster_script),
-        "stop": Stop(bus), "restart": Restart(bus),
+        "stop": Stop(bus, settings.cluster_script), "restart": Restart(bus, settings.cluster_script),
         "download": Download(settings), "delete": Delete(bus), "disk": Disk(), "scan": Scan(bus),
         "service": ServiceAction(bus), "nim_install": NimInstall(settings),
         "push": Push(bus, settings), "pull": Pull(bus),

@@ -243,18 +243,53 @@ async def test_cluster_recipe_launches_through_the_head_nodes_script(
     models["tp"] = {
         "repo": "org/model-tp", "mode": "cluster", "tensor_parallel_size": 2, "port": port,
         "weight_bytes": 2**30, "start_timeout_s": 60, "max_model_len": 4096,
-        "gpu_memory_utilization": 0.3,
+        "gpu_memory_utilization": 0.3, "image": "nvcr.io/nvidia/vllm:25.10-py3",
+        "container": "tp_node", "env": {"NCCL_DEBUG": "WARN", "VLLM_LOGGING_LEVEL": "INFO"},
     }  # fmt: skip
     overrides.write_text(yaml.safe_dump({"models": models}))
     settings.cluster_script = str(ssh_host.shims_dir / "launch-cluster.sh")
-    async with stack.executor(settings), stack.web(settings) as base:
+    async with stack.executor(settings) as bus, stack.web(settings) as base:
         async with httpx.AsyncClient(base_url=base, timeout=90) as client:
             events = await _swap(client, "tp", alias)
             assert events[-1]["event"] == "done", events[-1]
             assert await _chat(port, "tp")
+            calls = len(ssh_host.commands("docker"))
+            r = await client.post(f"/api/hosts/{alias}/stop")
+            assert (await stack.sse_events(client, r.json()["events"]))[-1]["event"] == "done"
+            state = await bus.get_model_state(alias)
+            assert state is not None and state.model is None
+    stops = [cmd["argv"] for cmd in ssh_host.commands("docker")[calls:]]
+    assert ["docker", "stop", "tp_node"] in stops  # through the script's `stop`
     (run,) = [cmd["argv"] for cmd in ssh_host.commands("docker") if "org/model-tp" in cmd["argv"]]
     assert run[:3] == ["docker", "run", "-d"] and "--network" in run
+    assert run[run.index("--name") + 1] == "tp_node"
+    assert "nvcr.io/nvidia/vllm:25.10-py3" in run  # the recipe's image, not the script's
+    envs = {run[i + 1] for i, word in enumerate(run) if word == "-e"}
+    assert {"NCCL_DEBUG=WARN", "VLLM_LOGGING_LEVEL=INFO"} <= envs
     serve = run[run.index("vllm") :]
     assert serve[:3] == ["vllm", "serve", "org/model-tp"]
     assert serve[serve.index("--tensor-parallel-size") + 1] == "2"
     assert serve.count("--distributed-executor-backend") == 1
+
+
+async def test_a_failed_swap_that_does_not_restore_records_that_nothing_serves(
+    setup: Any, ssh_host: Any
+) -> None:
+    settings, ports = setup
+    alias = settings.hosts[0].alias
+    overrides = Path(os.environ["MODELS_OVERRIDES"])
+    models = yaml.safe_load(overrides.read_text())["models"]
+    models["c"]["restore_previous_on_failure"] = False
+    overrides.write_text(yaml.safe_dump({"models": models}))
+    async with stack.executor(settings) as bus, stack.web(settings) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=90) as client:
+            assert (await _swap(client, "a", alias))[-1]["event"] == "done"
+            ssh_host.sim_config(fail_mode="crash", fail_models=["org/model-c"])
+            final = (await _swap(client, "c", alias))[-1]
+            assert final["event"] == "failed" and "restored" not in final["data"]["message"]
+            state = await bus.get_model_state(alias)
+            assert state is not None and state.model is None  # a was stopped, c never served
+            model = (await client.get(f"/api/hosts/{alias}/model")).json()
+            assert model["model"] is None
+            with pytest.raises(httpx.HTTPError):
+                await _chat(ports["a"], "a")

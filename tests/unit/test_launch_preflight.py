@@ -4,6 +4,7 @@ hostile values: the host's shell must see exactly the intended words."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -40,7 +41,9 @@ def test_every_bundled_recipe_passes_command_and_flag_checks(key: str) -> None:
     assert checks["command"].ok and checks["flags"].ok, checks
     assert result.ok == all(ch.ok for ch in result.checks)
     if recipe.mode == "cluster":
-        assert result.command.startswith('"$HOME"/spark-vllm-docker/launch-cluster.sh -d exec ')
+        script = '"$HOME"/spark-vllm-docker/launch-cluster.sh'
+        assert result.command.startswith(f"{script} -t {recipe.image} --name {recipe.container} ")
+        assert " -d exec vllm serve " in result.command
         assert result.command.count("--distributed-executor-backend") == 1
     else:
         assert result.command.startswith("docker run -d --name ")
@@ -72,6 +75,35 @@ def test_host_shell_sees_exactly_the_argv() -> None:
     want = [w.replace("$HOME", "/home/ops") if w == launch.HF_CACHE_WORD else w for w in argv]
     assert got == want
     assert "-e" in got and "VLLM_LOGGING_PREFIX=$(reboot); `id` 'x' \"y\" * > /tmp/z" in got
+
+
+def test_cluster_launch_passes_image_name_env_and_a_local_model(tmp_path: Path) -> None:
+    """The cluster line, run by bash against a stand-in script, hands the script exactly the
+    recipe's image, container, env and (in its extra docker args) the local model's mount."""
+    recipe = catalog.validate_recipe(
+        "tp-local",
+        {"local_path": "/srv/models/tp-local", "mode": "cluster", "tensor_parallel_size": 2,
+         "image": "nvcr.io/nvidia/vllm:25.10-py3", "container": "tp_node",
+         "env": {"NCCL_DEBUG": "WARN"}},
+    )  # fmt: skip
+    script = tmp_path / "launch-cluster.sh"
+    script.write_text('#!/bin/sh\nprintf "%s\\0" "$VLLM_SPARK_EXTRA_DOCKER_ARGS" "$@"\n')
+    script.chmod(0o755)
+    argv = launch.cluster_argv("tp-local", recipe, str(script))
+    line = launch.render(argv)
+    assert launch.round_trips(argv, line)
+    out = subprocess.run(["bash", "-c", line], capture_output=True, check=True).stdout.decode()
+    extra, *args = out.split("\0")[:-1]
+    assert extra == "-v /srv/models/tp-local:/models/tp-local:ro"
+    assert args[:8] == ["-t", "nvcr.io/nvidia/vllm:25.10-py3", "--name", "tp_node",
+                        "-e", "NCCL_DEBUG=WARN", "-d", "exec"]  # fmt: skip
+    assert args[8:11] == ["vllm", "serve", "/models/tp-local"]
+    assert launch.cluster_stop_argv(recipe, "s.sh") == ["s.sh", "--name", "tp_node", "stop"]
+    with pytest.raises(catalog.CatalogError, match="env.NCCL_DEBUG"):
+        catalog.validate_recipe(
+            "tp-bad", {"repo": "org/m", "mode": "cluster", "tensor_parallel_size": 2,
+                       "env": {"NCCL_DEBUG": "WARN INFO"}},
+        )  # fmt: skip
 
 
 def test_unknown_and_repeated_flags_are_refused() -> None:
