@@ -17,15 +17,18 @@ from urllib.parse import parse_qs, urlsplit
 import aioboto3
 import httpx
 import msgspec
+import nats
 import pytest
 from botocore.config import Config
 
 from app import contracts as c
 from app.bus import connect
 from app.config import HostConfig, Settings
+from app.errors import BusUnavailable
+from app.signer import chunks
 from app.signer.sigv4 import Credentials, Presigner
 from tests import stack
-from tests.servers import SeaweedS3, free_port
+from tests.servers import NatsServer, SeaweedS3, free_port
 
 MIB = 2**20
 TOKENS = {"tok-a-0123456789": "ns-a", "tok-b-0123456789": "ns-b"}
@@ -506,3 +509,65 @@ async def test_public_endpoint_is_the_host_signed_into_urls(
             # the same URL sent to the other name does not match its signature
             other = got["url"].replace("localhost", "127.0.0.1")
             assert (await client.get(other)).status_code == 403
+
+
+PERMISSIONS = """
+authorization {
+  users = [
+    { user: signer, password: signer-pass, permissions: {
+        subscribe: { allow: ["spark.cmd.blob.sign.*", "_INBOX.>", "$SRV.>"] }
+        publish: { allow: ["_INBOX.>", "spark.evt.blob.>", "$JS.API.>", "$SRV.>"] }
+        allow_responses: { max: 64 }
+    }}
+    { user: builder, password: builder-pass, permissions: {
+        publish: { allow: ["spark.cmd.blob.sign.ns-a"] }
+        subscribe: { allow: ["_INBOX.>"] }
+    }}
+  ]
+}
+"""
+
+
+class FencedNats(NatsServer):
+    """nats-server with the permission lines of docs/signer.md."""
+
+    def start(self) -> FencedNats:
+        conf = self.root / "fenced.conf"
+        conf.write_text(PERMISSIONS)
+        cmd = [self.binary, "-c", str(conf), "-a", "127.0.0.1", "-p", str(self.port or -1), "-js"]
+        offset = self._spawn([*cmd, "-sd", str(self.store_dir)])
+        m = self._wait_for(r"Listening for client connections on [\d.]+:(\d+)", offset)
+        self.port = int(m.group(1))
+        self._wait_for(r"Server is ready", offset)
+        return self
+
+
+async def test_documented_permissions_fence_namespaces(
+    tmp_path: Path, s3_store: SeaweedS3, bucket: str
+) -> None:
+    server = FencedNats(tmp_path / "fenced").start()
+    try:
+        url = f"nats://signer:signer-pass@127.0.0.1:{server.port}"
+        settings = signer_settings(tmp_path, url, s3_store, bucket)
+        errors: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(exc)
+
+        async with stack.signer(settings):
+            nc = await nats.connect(f"nats://builder:builder-pass@127.0.0.1:{server.port}",
+                                    error_cb=on_error)  # fmt: skip
+            try:
+                mine = msgspec.json.encode({"rel_path": "projects/ns-a/f.bin", "op": PUT})
+                async with chunks.request(nc, c.blob_sign("ns-a"), mine, 10) as reply:
+                    assert reply.error is None
+                    assert msgspec.json.decode(await reply.body())["kind"] == "single_put"
+                theirs = msgspec.json.encode({"rel_path": "projects/ns-b/f.bin", "op": PUT})
+                with pytest.raises(BusUnavailable):
+                    async with chunks.request(nc, c.blob_sign("ns-b"), theirs, 2):
+                        pass
+                assert any("permissions violation" in str(e).lower() for e in errors), errors
+            finally:
+                await nc.close()
+    finally:
+        server.close()
