@@ -40,6 +40,8 @@ LONG_ACTIONS_S = {
     "restart": 3600.0,
     "service": 1800.0,
     "nim_install": 7200.0,
+    "push": 86400.0,  # model weights through the store (workers/transfer.py)
+    "pull": 86400.0,
 }
 """Default time limits of actions that outlast ``command_timeout_s`` (a command may set its own)."""
 
