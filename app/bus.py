@@ -242,6 +242,19 @@ class Bus:
         value = msgspec.json.decode(entry.value)
         return value if isinstance(value, dict) else None
 
+    async def get_vllm_flags(self, host: str) -> frozenset[str]:
+        """The flags the host's vLLM reported at its last ``vllm_flags`` (empty if never)."""
+        try:
+            entry = await self.state.get(c.vllm_flags_key(host))
+        except nats.js.errors.KeyNotFoundError:
+            return frozenset()
+        value = msgspec.json.decode(entry.value) if entry.value else {}
+        flags = value.get("flags") if isinstance(value, dict) else None
+        return frozenset(f for f in flags or [] if isinstance(f, str))
+
+    async def put_vllm_flags(self, host: str, record: dict[str, Any]) -> None:
+        await self.state.put(c.vllm_flags_key(host), c.encode(record))
+
     async def put_disk_scan(self, host: str, scan: dict[str, Any]) -> None:
         await self.state.put(c.disk_state_key(host), c.encode(scan))
 

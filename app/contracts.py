@@ -51,9 +51,10 @@ ACTIONS = (
     "nim_install",
     "push",
     "pull",
+    "vllm_flags",
 )
 """Host actions the executor knows (download/delete/disk: workers/weights.py; scan:
-workers/scan.py; push/pull: workers/transfer.py)."""
+workers/scan.py; push/pull: workers/transfer.py; vllm_flags: workers/vllmflags.py)."""
 
 LOCKED_ACTIONS = frozenset({"swap", "stop", "restart"})
 """Actions that change the served model: refused while the swap lock is held, unless the
@@ -194,6 +195,11 @@ def model_state_key(host: str) -> str:
 def disk_state_key(host: str) -> str:
     """The last ``scan`` of a host's HF cache (``spark_state`` bucket)."""
     return f"disk.{host_alias(host)}"
+
+
+def vllm_flags_key(host: str) -> str:
+    """The flags a host's vLLM image reported (``vllm_flags`` action; ``spark_state``)."""
+    return f"vllm_flags.{host_alias(host)}"
 
 
 def schedule_key(entry_id: str) -> str:

@@ -56,12 +56,12 @@ def check_command(argv: list[str], line: str) -> Check:
     return Check(name="command", ok=ok, detail=detail)
 
 
-def check_flags(argv: list[str]) -> Check:
+def check_flags(argv: list[str], also: frozenset[str] = frozenset()) -> Check:
     serve = next((i for i in range(len(argv) - 1) if argv[i : i + 2] == ["vllm", "serve"]), -1)
     flags = (
         [w.partition("=")[0] for w in argv[serve + 3 :] if w.startswith("--")] if serve >= 0 else []
     )
-    unknown = sorted(set(flags) - known_flags())
+    unknown = sorted(set(flags) - known_flags() - also)
     if unknown:
         return Check(name="flags", ok=False, detail=f"not vLLM flags: {', '.join(unknown)}")
     twice = sorted({f for f in flags if flags.count(f) > 1})
@@ -119,13 +119,14 @@ def check_disk(recipe: Recipe, state: c.HostState | None, on_disk: bool) -> Chec
 
 def run(
     key: str, recipe: Recipe, host: str, state: c.HostState | None, on_disk: bool = False,
-    previous: c.ModelState | None = None,
+    previous: c.ModelState | None = None, host_flags: frozenset[str] = frozenset(),
 ) -> Preflight:  # fmt: skip
+    """``host_flags``: what the host's vLLM reported (``vllm_flags``), accepted as well."""
     argv = build_argv(key, recipe)
     line = render(argv)
     checks = [
         check_command(argv, line),
-        check_flags(argv),
+        check_flags(argv, host_flags),
         check_memory(recipe, state, freed_by_stopping(previous, state)),
         check_disk(recipe, state, on_disk),
     ]

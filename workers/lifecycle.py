@@ -91,7 +91,10 @@ class Swap:
             host=ctx.host.alias, up=True, checked_at=c.now(),
             probe=await probe(ctx.runner, ctx.host.alias, timeout=60),
         )  # fmt: skip
-        check = preflight.run(key, recipe, ctx.host.alias, state, previous=previous)
+        check = preflight.run(
+            key, recipe, ctx.host.alias, state, previous=previous,
+            host_flags=await self.bus.get_vllm_flags(ctx.host.alias),
+        )  # fmt: skip
         await ctx.progress("pre-flight", data=msgspec.to_builtins(check.checks))
         failed = [ch for ch in check.checks if not ch.ok and ch.name != "disk"]
         if failed:

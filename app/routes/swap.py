@@ -96,7 +96,10 @@ async def preflight_for(state: State, key: str, host: str | None) -> preflight.P
     recipe = await find_recipe(state, key)
     bus = bus_of(state)
     state_now, previous = await bus.get_host_state(host), await bus.get_model_state(host)
-    return preflight.run(key, recipe, host, state_now, previous=previous)
+    return preflight.run(
+        key, recipe, host, state_now, previous=previous,
+        host_flags=await bus.get_vllm_flags(host),
+    )  # fmt: skip
 
 
 @post("/api/swap/{key:str}/validate", status_code=200, request_max_body_size=BODY_LIMIT)

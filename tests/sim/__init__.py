@@ -74,6 +74,8 @@ download_seconds    1.0                  how long writing it takes
 hf_config           {}                   fields merged into the downloaded config.json
 hf_missing_repos    []                   ``hf download`` answers 404 (exit 1)
 hf_gated_repos      []                   need HF_TOKEN (env) or --token, else 401 (exit 1)
+vllm_extra_flags    []                   ``docker run --rm <image> vllm serve --help=all`` prints
+                                         app/vllm_flags.txt plus these (no container is made)
 ==================  ===================  =======================================================
 
 Ports: ``-p H:C`` publishes the stub on ``bind_host:H`` when C is vLLM's ``--port`` (default

@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "hf_config": {},  # fields merged into the downloaded config.json
     "hf_missing_repos": [],  # repos `hf download` answers 404 for
     "hf_gated_repos": [],  # repos that need HF_TOKEN (or --token)
+    "vllm_extra_flags": [],  # `vllm serve --help` lists these beyond the repo's vllm_flags.txt
 }
 FAIL_MODES = ("none", "crash", "wedge", "hang")
 SAFE_COMMANDS = {"nvidia-smi", "echo", "true", "false", "sleep", "env", "hostname", "uname"}
@@ -487,6 +488,20 @@ def vllm_args(image: str, cmd: list[str]) -> list[str] | None:
     return None
 
 
+def vllm_help(k: dict[str, Any]) -> str:
+    """``vllm serve --help=all`` as the simulated image prints it: the repo's flag list
+    (app/vllm_flags.txt) plus the ``vllm_extra_flags`` knob, argparse-style."""
+    listed = Path(__file__).resolve().parents[2] / "app" / "vllm_flags.txt"
+    flags = [s for line in listed.read_text().splitlines()
+             if (s := line.strip()) and not s.startswith("#")]  # fmt: skip
+    flags += [str(f) for f in k.get("vllm_extra_flags") or []]
+    rows = "".join(f"  {f} {f[2:].upper().replace('-', '_')}\n" for f in sorted(set(flags)))
+    return (
+        "usage: vllm serve [model_tag] [options]\n\nStart the vLLM OpenAI Compatible API "
+        f"server.\n\noptions:\n  -h, --help            show this help message and exit\n{rows}"
+    )
+
+
 def parse_vllm(args: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "model": None,
@@ -627,6 +642,9 @@ class Docker:
             )
             publish = []
         vargs = vllm_args(image, cmd)
+        if vargs is not None and any(a == "--help" or a.startswith("--help=") for a in vargs):
+            self.out(vllm_help(self.k))  # `docker run --rm <image> vllm serve --help=all`
+            return 0
         vllm = parse_vllm(vargs) if vargs is not None else None
         cport = vllm["port"] if vllm else None
         bind = self.k["bind_host"]
