@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,20 @@ def default_endpoint(region: str) -> str:
     if region == "us-east-1":
         return "https://s3.amazonaws.com"
     return f"https://s3.{region}.amazonaws.com"
+
+
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+_IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
+
+
+def _hostable(bucket: str, scheme: str) -> bool:
+    """Can ``bucket`` be the first labels of a host name (S3's virtual-hosted rule)?"""
+    if not 3 <= len(bucket) <= 63 or _IPV4.fullmatch(bucket):
+        return False
+    labels = bucket.split(".")
+    if len(labels) > 1 and scheme == "https":
+        return False
+    return all(_LABEL.fullmatch(label) for label in labels)
 
 
 def _host(endpoint_url: str) -> tuple[str, str]:
@@ -110,8 +125,10 @@ class Presigner:
         return key
 
     def _where(self, bucket: str, key: str) -> tuple[str, str]:
-        """(host, canonical path) for an object."""
-        if self.addressing == "virtual":
+        """(host, canonical path) for an object. Virtual-hosted only for a bucket that can be
+        a host name (dotted ones not over https, whose certificates would not match), else
+        path-style, as botocore does."""
+        if self.addressing == "virtual" and _hostable(bucket, self.scheme):
             return f"{bucket}.{self.netloc}", "/" + _path(key)
         return self.netloc, f"/{_path(bucket)}/{_path(key)}"
 

@@ -84,6 +84,22 @@ def test_matches_botocore(
     )
 
 
+@pytest.mark.parametrize(("endpoint", "style"), ENDPOINTS)
+@pytest.mark.parametrize(
+    "bucket", ["bk", "my.dotted.bucket", "a--b", "bkt-", "Upper-Bkt", "192.168.1.10", "x" * 63]
+)
+def test_bucket_names_pick_the_style_botocore_picks(
+    endpoint: str | None, style: str, bucket: str
+) -> None:
+    client = botocore_client(endpoint, style, "us-west-2", None)
+    mine = ours(endpoint, style, "us-west-2", None)
+    with mock.patch("botocore.auth.get_current_datetime", return_value=FROZEN):
+        ref = client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": "k/x"}, ExpiresIn=900
+        )
+    assert mine.get_url(bucket, "k/x", 900, NOW) == ref
+
+
 def test_part_fast_path_equals_generic() -> None:
     p = ours("http://127.0.0.1:9000", "path", "us-east-1", None)
     fast = p.part_urls("b-1", "k", "u", 25, 60, NOW)
