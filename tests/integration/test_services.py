@@ -9,6 +9,7 @@ anything reaches the host, and again by the executor when sent straight on the b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -210,7 +211,9 @@ async def test_nim_install_keeps_the_key_secret(
     async with stack.executor(settings) as bus, stack.web(settings) as base:
         every = await bus.js.subscribe(c.EVT_WILDCARD, ordered_consumer=True)
         async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-            # The simulator has no `docker login`: the login step fails, nothing is started.
+            # The registry knows another key: the login step fails, nothing is started.
+            other = hashlib.sha256(b"nvapi-someone-else").hexdigest()
+            ssh_host.sim_config(registry_key_sha256=[other])
             r = await client.post("/api/nim/install", json=body)
             assert r.status_code == 202, r.text
             first = await stack.sse_events(client, r.json()["events"])
@@ -222,12 +225,19 @@ async def test_nim_install_keeps_the_key_secret(
                       if cmd["argv"][1] == "login"]  # fmt: skip
             assert logins == [["docker", "login", "nvcr.io", "--username", "$oauthtoken",
                                "--password-stdin"]]  # fmt: skip
+            assert not (ssh_host.sim_dir / "logins.json").exists()
 
-            r = await client.post("/api/nim/install", json={**body, "login": False})
+            # The registry knows this key (given on stdin, hashed by the simulator): logged in
+            ssh_host.sim_config(registry_key_sha256=[hashlib.sha256(key.encode()).hexdigest()])
+            r = await client.post("/api/nim/install", json=body)
             assert r.status_code == 202, r.text
             second = await stack.sse_events(client, r.json()["events"])
             got = result(second)
             assert got["running"] is True and got["container"] == f"nim-{unique}"
+            assert got["logged_in"] is True
+            assert any(e["data"].get("message") == "logged in to nvcr.io" for e in second)
+            logins_file = json.loads((ssh_host.sim_dir / "logins.json").read_text())
+            assert logins_file == {"nvcr.io": "$oauthtoken"}
             assert got["url"] == f"http://127.0.0.1:{port}"
             r = row(ssh_host, f"nim-{unique}")
             assert r is not None and r["State"] == "running"

@@ -10,7 +10,7 @@ Pieces
 ``tests/sim/shlib.sh``
     The shims' shared recorder (JSON-escapes argv with builtins only).
 ``tests/sim/dockersim.py``
-    ``docker run start stop restart kill rm ps logs inspect exec wait pull`` and
+    ``docker run start stop restart kill rm ps logs inspect exec wait pull login`` and
     ``hf download | auth whoami | version``. A container is a detached supervisor (``_shim``,
     in its own session, so it outlives the SSH session) whose child is the main process.
 ``tests/sim/stub_vllm.py``
@@ -76,6 +76,9 @@ hf_missing_repos    []                   ``hf download`` answers 404 (exit 1)
 hf_gated_repos      []                   need HF_TOKEN (env) or --token, else 401 (exit 1)
 vllm_extra_flags    []                   ``docker run --rm <image> vllm serve --help=all`` prints
                                          app/vllm_flags.txt plus these (no container is made)
+registry_key_sha256 []                   ``docker login -u U --password-stdin`` accepts a password
+                                         whose SHA-256 is listed (the password is never stored);
+                                         a success is recorded in ``logins.json`` {server: user}
 ==================  ===================  =======================================================
 
 Ports: ``-p H:C`` publishes the stub on ``bind_host:H`` when C is vLLM's ``--port`` (default

@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "hf_missing_repos": [],  # repos `hf download` answers 404 for
     "hf_gated_repos": [],  # repos that need HF_TOKEN (or --token)
     "vllm_extra_flags": [],  # `vllm serve --help` lists these beyond the repo's vllm_flags.txt
+    "registry_key_sha256": [],  # `docker login --password-stdin` accepts passwords with these
 }
 FAIL_MODES = ("none", "crash", "wedge", "hang")
 SAFE_COMMANDS = {"nvidia-smi", "echo", "true", "false", "sleep", "env", "hostname", "uname"}
@@ -1179,6 +1180,38 @@ class Docker:
         )
         return 0
 
+    def login(self, args: list[str]) -> int:
+        """``docker login [SERVER] -u USER --password-stdin``: the password (read from stdin,
+        never stored) must hash to one of ``registry_key_sha256``; a success is recorded in
+        ``logins.json`` as {server: user}."""
+        opts, pos = parse_flags(
+            "login", args, _flags("-u --username|-p --password"), _flags("--password-stdin")
+        )
+        server = pos[0] if pos else "https://index.docker.io/v1/"
+        if "password" in opts:
+            print("WARNING! Using --password via the CLI is insecure. Use --password-stdin.",
+                  file=sys.stderr)  # fmt: skip
+            password = opts["password"][-1]
+        elif "password-stdin" in opts:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            raise Fail("Error: Cannot perform an interactive login from a non TTY device", 1)
+        if not opts.get("username"):
+            raise Fail("Error: Cannot perform an interactive login from a non TTY device", 1)
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        if digest not in (self.k.get("registry_key_sha256") or []):
+            raise Fail(
+                f'Error response from daemon: Get "https://{server}/v2/": unauthorized: '
+                "authentication required",
+                1,
+            )
+        path = self.sim / "logins.json"
+        logins = json.loads(path.read_text()) if path.exists() else {}
+        logins[server] = opts["username"][-1]
+        write_atomic(path, json.dumps(logins))
+        self.out("Login Succeeded")
+        return 0
+
     def down(self) -> int:
         for row in self.store.rows():
             if self._live(row):
@@ -1219,6 +1252,7 @@ def docker_main(argv: list[str]) -> int:
         "exec": d.exec,
         "wait": d.wait,
         "pull": d.pull,
+        "login": d.login,
     }
     fn = verbs.get(verb)
     if fn is None:
