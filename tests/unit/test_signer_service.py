@@ -3,13 +3,16 @@ equals the one-shot encoding, and the chunk writer's messages."""
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from app import contracts as c
-from app.errors import BadRequest
+from app.errors import BadRequest, BusUnavailable, SparkError
 from app.signer import shapes as s
-from app.signer.chunks import HEADROOM, ChunkWriter
+from app.signer.chunks import HEADROOM, ChunkWriter, Reply
 from app.signer.service import Audit, Signed, plan_of
 from app.signer.sigv4 import Credentials, Presigner
 
@@ -86,3 +89,36 @@ async def test_chunk_writer_cuts_at_the_payload_limit() -> None:
     assert sent[-1][1][c.CHUNKS_HEADER] == "3"
     assert sent[-1][1][c.CHUNK_BYTES_HEADER] == str(len(body))
     assert b"".join(d for d, _ in sent) == body
+
+
+def _msg(data: bytes, headers: dict[str, str]) -> Msg:
+    return Msg(_client=None, data=data, headers=headers)  # type: ignore[arg-type]
+
+
+async def _read(msgs: list[Msg]) -> bytes:
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+    for m in msgs[1:]:
+        queue.put_nowait(m)
+    return await Reply(msgs[0], queue, wait_s=0.5).body()
+
+
+async def test_reply_reassembles_and_refuses_gaps_and_short_bodies() -> None:
+    whole = [
+        _msg(b"ab", {c.CHUNK_HEADER: "0"}),
+        _msg(b"cd", {c.CHUNK_HEADER: "1"}),
+        _msg(b"e", {c.CHUNK_HEADER: "2", c.CHUNKS_HEADER: "3", c.CHUNK_BYTES_HEADER: "5"}),
+    ]
+    assert await _read(whole) == b"abcde"
+    with pytest.raises(SparkError) as gap:
+        await _read([whole[0], whole[2]])
+    assert gap.value.code == "BAD_CHUNKS"
+    short = [*whole[:2], _msg(b"e", {**whole[2].headers, c.CHUNK_BYTES_HEADER: "9"})]  # type: ignore[dict-item]
+    with pytest.raises(SparkError) as info:
+        await _read(short)
+    assert info.value.code == "BAD_CHUNKS"
+    with pytest.raises(BusUnavailable):  # the last message never comes
+        await _read(whole[:2])
+    failed = _msg(b'{"error":"x","code":"INTERNAL"}', {"Nats-Service-Error": "INTERNAL"})
+    with pytest.raises(SparkError) as mid:
+        await _read([whole[0], failed])
+    assert mid.value.code == "BAD_CHUNKS"
