@@ -112,7 +112,8 @@ async def test_reply_reassembles_and_refuses_gaps_and_short_bodies() -> None:
     with pytest.raises(SparkError) as gap:
         await _read([whole[0], whole[2]])
     assert gap.value.code == "BAD_CHUNKS"
-    short = [*whole[:2], _msg(b"e", {**whole[2].headers, c.CHUNK_BYTES_HEADER: "9"})]  # type: ignore[dict-item]
+    last = {c.CHUNK_HEADER: "2", c.CHUNKS_HEADER: "3", c.CHUNK_BYTES_HEADER: "9"}
+    short = [*whole[:2], _msg(b"e", last)]
     with pytest.raises(SparkError) as info:
         await _read(short)
     assert info.value.code == "BAD_CHUNKS"
