@@ -170,8 +170,17 @@ class Proxy:
                 return self._placed(key, lease), lease
         if kind != "llm" and (service := router.service(kind)) is not None:
             return service, None
-        if not name:
-            raise BadRequest("model: required", code="MODEL_REQUIRED")
+        if not name:  # the earlier dashboard's clients may omit it: fine while only one serves
+            placed = {(t.host, t.key) for t in router.names.values() if t.source == "state"}
+            if kind == "llm" and len(placed) == 1:
+                only_host, only_key = next(iter(placed))
+                if only_host is not None and only_key is not None:
+                    lease = self.scheduler.try_admit(only_host, only_key) or await wait(
+                        only_key, only_host
+                    )
+                    return self._placed(only_key, lease), lease
+            raise BadRequest("model: required (more than one model serves)",
+                             code="MODEL_REQUIRED")  # fmt: skip
         shown = ", ".join(router.available()) or "none"
         raise UnknownModel(f"unknown model {name!r}; available: {shown}")
 

@@ -53,7 +53,8 @@ class ModelFigures:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, publish_every_s: float = PUBLISH_EVERY_S) -> None:
+        self.publish_every_s = publish_every_s
         self.models: dict[str, ModelFigures] = {}
         self._task: asyncio.Task[None] | None = None
         self._changed = False
@@ -108,7 +109,7 @@ class Metrics:
 
     async def _publish_loop(self, bus: Bus) -> None:
         while True:
-            await asyncio.sleep(PUBLISH_EVERY_S)
+            await asyncio.sleep(self.publish_every_s)
             if not self._changed:
                 continue
             self._changed = False

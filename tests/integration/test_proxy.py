@@ -358,3 +358,37 @@ async def test_transcribe_with_speakers(
                             files={"file": ("talk.wav", b"x" * 10, "audio/wav")})  # fmt: skip
     assert r.status_code == 503 and r.json()["code"] == "DIARIZATION_UNAVAILABLE"
     assert "retry-after" in r.headers
+
+
+async def test_no_model_field_goes_to_the_only_model_served(
+    front: Any, stubs: list[StubUpstream]
+) -> None:
+    up = stub(stubs, "only")
+    base, bus = await front()
+    await place(bus, HOST, "only", up.port)
+    await routed(base, "only")
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.post(f"{base}/v1/completions", json={"prompt": "hi"})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == REPLY
+
+
+async def test_figures_are_published_on_the_bus(nats_server: Any, tmp_path: Path) -> None:
+    from app import contracts as c
+    from app.proxy.metrics import Metrics
+
+    settings = settings_for(tmp_path, nats_server.url)
+    bus = await connect(settings, name="test-metrics")
+    sub = await bus.nc.subscribe(c.evt_proxy("stats"))
+    metrics = Metrics(publish_every_s=0.1)
+    metrics.started("m")
+    metrics.finished("m", ok=True, ttfb_s=0.002, total_s=1.0, tokens=40)
+    metrics.start(bus)
+    try:
+        msg = await sub.next_msg(timeout=5)
+    finally:
+        await metrics.stop()
+        await bus.close()
+    event = c.decode_event(msg.data)
+    assert event.kind == "stats"
+    assert event.data["m"]["requests"] == 1 and event.data["m"]["tokens_per_s"] == 40.0
+    assert event.data["m"]["ttfb_ms_p50"] == 2.0
