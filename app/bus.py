@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -319,6 +320,7 @@ async def connect(settings: Settings, name: str, url: str | None = None) -> Bus:
                 server, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
                 connect_timeout=2, allow_reconnect=True, drain_timeout=5,
                 disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error_cb,
+                **_auth(settings),
             ),
             connect_timeout_s,
         )  # fmt: skip
@@ -336,6 +338,20 @@ async def connect(settings: Settings, name: str, url: str | None = None) -> Bus:
             "(more than 1 needs a NATS cluster) and the server's JetStream limits"
         ) from exc
     return bus
+
+
+def _auth(settings: Settings) -> dict[str, Any]:
+    """Credentials and TLS of this process's NATS connection, from the settings."""
+    kw: dict[str, Any] = {}
+    if settings.nats_user:
+        kw["user"], kw["password"] = settings.nats_user, settings.nats_password or ""
+    if settings.nats_creds:
+        kw["user_credentials"] = settings.nats_creds
+    if settings.nats_tls_ca:
+        kw["tls"] = ssl.create_default_context(cafile=settings.nats_tls_ca)
+    if settings.nats_inbox_prefix:
+        kw["inbox_prefix"] = settings.nats_inbox_prefix
+    return kw
 
 
 def _safe_url(url: str) -> str:

@@ -46,6 +46,17 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bind_port: int = 9999
     nats_url: str | None = None
     """External NATS; when unset, ``spark-control up`` starts the embedded server."""
+    nats_user: str | None = None
+    """NATS user of this process (each part may have its own: deploy/nats.conf)."""
+    nats_password: str | None = None
+    """Its password; a secret."""
+    nats_creds: str | None = None
+    """A NATS ``.creds`` file (JWT + nkey seed) instead of user and password."""
+    nats_tls_ca: str | None = None
+    """CA bundle to verify a ``tls://`` NATS server with."""
+    nats_inbox_prefix: str | None = None
+    """Reply subjects under this prefix instead of ``_INBOX`` (so permissions can give each user
+    its own replies only)."""
     nats_connect_timeout_s: float = 30.0
     """How long a part waits for NATS at start before giving up with a clear message."""
     hosts: list[HostConfig] = msgspec.field(default_factory=list)
@@ -163,6 +174,11 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "bind_port": ("BIND_PORT",),
     "bind_host": ("BIND_HOST",),
     "nats_url": ("NATS_URL",),
+    "nats_user": ("NATS_USER",),
+    "nats_password": ("NATS_PASSWORD",),
+    "nats_creds": ("NATS_CREDS",),
+    "nats_tls_ca": ("NATS_CA",),
+    "nats_inbox_prefix": ("NATS_INBOX_PREFIX",),
     "ssh_key_path": ("SSH_KEY_PATH",),
     "ssh_known_hosts": ("SSH_KNOWN_HOSTS",),
     "hf_token": ("HF_TOKEN",),
@@ -189,8 +205,8 @@ LIST_FIELDS = frozenset({"webhook_urls", "upstreams", "signer_get_allow"})
 MAP_FIELDS = frozenset({"signer_tokens", "redaction_clients"})
 """Settings given in the environment as ``key=value,key=value``."""
 SECRET_FIELDS = frozenset(
-    {"webhook_secret", "hf_token", "ngc_key", "s3_secret_access_key", "s3_session_token",
-     "signer_tokens", "redaction_key", "redaction_clients"}
+    {"webhook_secret", "nats_password", "hf_token", "ngc_key", "s3_secret_access_key",
+     "s3_session_token", "signer_tokens", "redaction_key", "redaction_clients"}
 )  # fmt: skip
 """Settings given in the environment as comma-separated lists."""
 

@@ -47,13 +47,31 @@ def test_services_exist(services: dict[str, Any]) -> None:
 
 
 def test_nats_runs_jetstream_with_storage(services: dict[str, Any]) -> None:
+    """nats-server reads the shipped deploy/nats.conf: JetStream on, its store on a volume."""
     nats = services["nats"]
     assert nats["image"].startswith("nats:2.10")
     cmd = argv(nats["command"])
-    assert "-js" in cmd
-    store = cmd[cmd.index("-sd") + 1]
-    assert any(str(v).split(":")[1] == store for v in nats["volumes"])
+    conf_path = cmd[cmd.index("-c") + 1]
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in nats["volumes"]}
+    assert mounts[conf_path] == "./deploy/nats.conf"
+    conf = (ROOT / "deploy" / "nats.conf").read_text()
+    store = re.search(r"jetstream\s*\{\s*store_dir:\s*(\S+)", conf)
+    assert store is not None and store.group(1) in mounts
     assert "healthcheck" in nats
+
+
+@pytest.mark.parametrize(
+    ("name", "user"), [("web", "web"), ("worker-ssh", "executor"), ("worker-signer", "signer")]
+)
+def test_each_part_has_its_nats_user(services: dict[str, Any], name: str, user: str) -> None:
+    """Each part connects as its own user of deploy/nats.conf, with that user's password
+    variable, which the nats service is given too; no password is written in the files."""
+    conf = (ROOT / "deploy" / "nats.conf").read_text()
+    var = f"NATS_{user.upper()}_PASSWORD"
+    assert f"user: {user}, password: ${var}," in conf
+    part, nats = env(services[name]), env(services["nats"])
+    assert part["NATS_USER"] == user
+    assert part["NATS_PASSWORD"].startswith(f"${{{var}:?") and nats[var] == part["NATS_PASSWORD"]
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
