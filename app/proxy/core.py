@@ -225,11 +225,13 @@ class Proxy:
                 return fw.RelayStream(body, status_code=200, media_type="text/event-stream",
                                       headers={"cache-control": "no-cache"})  # fmt: skip
             return await self._forward_routed(
-                request, routing, path, raw, name, label, started, chunk_transform
+                request, routing, path, raw, name, label, started, chunk_transform, watch=False
             )
+        # a stream's headers come at once (its relay watches the client); a plain answer's
+        # come after the whole generation, so that wait watches for the client leaving
         return await self._forward_routed(
             request, self.route(request, name, kind), path, raw, name, label, started,
-            chunk_transform,
+            chunk_transform, watch=not fields.stream,
         )  # fmt: skip
 
     async def _forward_routed(
@@ -242,6 +244,8 @@ class Proxy:
         label: str,
         started: float,
         chunk_transform: fw.ChunkTransform | None,
+        *,
+        watch: bool,
     ) -> Response[Any]:
         try:
             target, lease = await routing
@@ -254,7 +258,7 @@ class Proxy:
             raw = _with_model(raw, target.served)  # an alias: the upstream knows the served name
         return await self._relay(
             request, target, path, raw, len(raw), started=started, lease=lease, label=label,
-            chunk_transform=chunk_transform, watch=True,
+            chunk_transform=chunk_transform, watch=watch,
         )  # fmt: skip
 
     async def _noticed(

@@ -233,18 +233,26 @@ class _RelayASGI(ASGIStreamingResponse):
     __slots__ = ()
 
     async def send_body(self, send: Send, receive: Receive) -> None:
-        streaming = asyncio.ensure_future(self._stream(send))
+        """Relay in this task; one watcher task cancels it if the client disconnects."""
+        task = asyncio.current_task()
+        assert task is not None
+        relaying = True
+
+        def client_left(g: asyncio.Future[None]) -> None:
+            if relaying and not g.cancelled():
+                task.cancel()
+
         gone = asyncio.ensure_future(_until_disconnect(receive))
+        gone.add_done_callback(client_left)
         try:
-            await asyncio.wait({streaming, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await self._stream(send)
+        except asyncio.CancelledError:
+            if not (gone.done() and not gone.cancelled()):
+                raise  # cancelled from outside, not by the client leaving
+            task.uncancel()  # the client left: the relay is closed, nothing more to send
         finally:
+            relaying = False
             gone.cancel()
-            if not streaming.done():  # the client left: stop relaying (closes the upstream)
-                streaming.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await streaming
-        if not streaming.cancelled():
-            streaming.result()
 
 
 async def _until_disconnect(receive: Receive) -> None:
