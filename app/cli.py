@@ -1,4 +1,4 @@
-"""``spark-control``: ``up`` (the whole stack), ``web``, ``worker ssh``, ``worker signer``."""
+"""``spark-control``: ``up`` (the whole stack), ``web``, ``worker ssh|signer|health``."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spark-control", description=__doc__)
     p.add_argument("--config", help="settings file (YAML); default $SPARK_CONTROL_CONFIG")
     sub = p.add_subparsers(dest="part", required=True)
-    sub.add_parser("up", help="run NATS (unless NATS_URL is set), the web front and both workers")
+    sub.add_parser("up", help="run NATS (unless NATS_URL is set), the web front and the workers")
     sub.add_parser("web", help="run the web front only")
     worker = sub.add_parser("worker", help="run one worker")
-    worker.add_argument("kind", choices=["ssh", "signer"])
+    worker.add_argument("kind", choices=["ssh", "signer", "health"])
     return p
 
 
@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             from workers.ssh_executor import serve
 
             aio.run(serve(settings))
+        elif args.kind == "health":
+            from workers.health import serve as serve_health
+
+            aio.run(serve_health(settings))
         else:
             from workers.blob_signer import serve as serve_signer
 

@@ -84,6 +84,25 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A probe reads /proc live every time; its disks, containers and GPUs (each a process
     start on the host: df, docker, nvidia-smi) are reused from a probe at most this old, unless
     a command that may change the host ran since. 0: every probe runs them all."""
+    health_poll_s: float = 15.0
+    """The health loop: how often every host is probed and every endpoint's health URL read."""
+    health_deep_s: float = 300.0
+    """How often each endpoint gets a deep probe (vLLM: /v1/models then a 1-token completion;
+    speech: a second of silence; embeddings: one short input)."""
+    health_timeout_s: float = 60.0
+    """Longest wait for one health check or deep probe request."""
+    health_leader_ttl_s: float = 15.0
+    """Leadership of the health loop (one replica probes): renewed every third of this; another
+    replica takes over when it lapses."""
+    health_auto_restart: bool = True
+    """Restart a wedged endpoint's container (a ``restart`` / ``service`` restart job)."""
+    health_restart_max: int = 3
+    """At most this many automatic restarts of one endpoint per ``health_restart_window_s``."""
+    health_restart_window_s: float = 1800.0
+    health_restart_gap_s: float = 120.0
+    """At least this long between two automatic restarts of one endpoint."""
+    health_restart_grace_s: float = 60.0
+    """No automatic restart within this long of an endpoint (or the health loop) starting."""
     hf_token: str | None = None
     """Hugging Face token for ``download`` (gated repos); a secret: it reaches a host only on
     the download's stdin, never in a command line, log, event or job record."""
@@ -341,6 +360,9 @@ def _validate(s: Settings, source: str) -> Settings:
             raise ConfigError(
                 f"{source}: redaction_clients[{i + 1}]: must be 'on' or a JSON object"
             )
+    for name in ("health_restart_max", "health_restart_gap_s", "health_restart_grace_s"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{source}: {name}: must be >= 0")
     if not 1 <= s.stream_replicas <= 5:
         raise ConfigError(f"{source}: stream_replicas: must be 1..5")
     for name in (
@@ -352,6 +374,11 @@ def _validate(s: Settings, source: str) -> Settings:
         "upstream_poll_s",
         "proxy_timeout_s",
         "proxy_upload_max_bytes",
+        "health_poll_s",
+        "health_deep_s",
+        "health_timeout_s",
+        "health_leader_ttl_s",
+        "health_restart_window_s",
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{source}: {name}: must be > 0")

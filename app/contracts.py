@@ -66,6 +66,12 @@ record or any event)."""
 JOB_KINDS = ("accepted", "started", "progress", "log", "done", "failed", "cancelled")
 FINAL_KINDS = frozenset({"done", "failed", "cancelled"})
 HOST_KINDS = ("up", "down", "probed", "model")
+SERVICE_KINDS = ("up", "down", "probed", "report", "restart")
+"""Kinds of ``spark.evt.service.<endpoint>.<kind>`` (workers/health.py, POST /api/health-event)."""
+HOST_REPORT_KIND = "report"
+"""A client's report about a host (``spark.evt.host.<host>.report``): recorded, never a state."""
+HEALTH_LEADER_KEY = "health"
+"""In LOCKS_BUCKET: the health loop's leadership ``{worker, expires_at}``, compare-and-set."""
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
@@ -135,6 +141,30 @@ def evt_redaction(kind: str) -> str:
     """Audit events of the redaction gateway (counts only, never a value):
     ``spark.evt.redaction.<kind>`` (``scrub``, ``rehydrate``, ``chat``, ``refused``)."""
     return f"{ROOT}.evt.redaction.{token(kind, 'kind')}"
+
+
+def evt_service(endpoint: str, kind: str) -> str:
+    """Health of one endpoint (a host's vLLM ``vllm-<host>`` or an auxiliary service):
+    ``spark.evt.service.<endpoint>.<kind>`` (SERVICE_KINDS)."""
+    return f"{ROOT}.evt.service.{token(endpoint, 'endpoint')}.{token(kind, 'kind')}"
+
+
+CONNECTIVITY_FILTERS = tuple(
+    f"{ROOT}.evt.{scope}.*.{kind}"
+    for scope in ("host", "service")
+    for kind in ("up", "down", HOST_REPORT_KIND)
+)
+"""What the connectivity history reads from SPARK_EVT: transitions and client reports."""
+
+
+def vllm_endpoint(host: str) -> str:
+    """Endpoint name of a host's vLLM (``vllm-<host>``)."""
+    return f"vllm-{host_alias(host)}"
+
+
+def endpoint_state_key(endpoint: str) -> str:
+    """Last health of one endpoint (``spark_state``): ``endpoint.<endpoint>``."""
+    return f"endpoint.{token(endpoint, 'endpoint')}"
 
 
 def blob_sign(namespace: str) -> str:
@@ -350,6 +380,40 @@ class ProxyModelStats(msgspec.Struct, kw_only=True):
     completion_tokens: int = 0
     tokens_per_s: float | None = None
     swaps: int = 0
+
+
+class DeepProbe(msgspec.Struct, kw_only=True):
+    """One synthetic request to an endpoint (workers/health.py): ``state`` is ``ok``, ``idle``
+    (no model loaded), ``down`` (no answer), ``failed`` or ``wedged`` (a wedge pattern)."""
+
+    state: str
+    at: float
+    ms: float
+    check: str
+    status_code: int | None = None
+    error: str | None = None
+
+
+class EndpointHealth(msgspec.Struct, kw_only=True):
+    """Last known health of one endpoint (``endpoint.<name>`` in ``spark_state``), written by
+    the health loop's leader. ``state``: ``up``, ``down``, ``idle``, ``wedged``, ``disabled``."""
+
+    name: str
+    kind: str
+    host: str
+    base_url: str | None
+    state: str
+    checked_at: float
+    since: float
+    model: str | None = None
+    disabled: bool = False
+    busy: bool = False
+    error: str | None = None
+    deep: DeepProbe | None = None
+    restarts: list[float] = msgspec.field(default_factory=list)
+    """When automatic restarts were asked for (the restart window's worth)."""
+    started_at: float | None = None
+    """When the endpoint last came up (start-up grace: no restart soon after)."""
 
 
 def encode(obj: Any) -> bytes:

@@ -18,7 +18,12 @@ from app.procs import die_with_parent
 
 log = logging.getLogger("spark-control")
 
-PARTS = {"web": ["web"], "worker-ssh": ["worker", "ssh"], "worker-signer": ["worker", "signer"]}
+PARTS = {
+    "web": ["web"],
+    "worker-ssh": ["worker", "ssh"],
+    "worker-signer": ["worker", "signer"],
+    "worker-health": ["worker", "health"],
+}
 CONFIG_EXIT = 2
 
 

@@ -23,6 +23,7 @@ from app.config import Settings
 from app.errors import SparkError, error_body
 from app.proxy.core import lifespan as proxy_lifespan
 from app.routes import api, blob, coordination, models, pages, redaction, services, swap, v1
+from app.routes.health import ROUTES as HEALTH_ROUTES
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def create_app(settings: Settings, bus: Bus | None = None) -> Litestar:
             *blob.ROUTES,
             *v1.ROUTES,
             *redaction.ROUTES,
+            *HEALTH_ROUTES,
             *pages.ROUTES,
             create_static_files_router(path="/static", directories=[PACKAGE / "static"]),
         ],

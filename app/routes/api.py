@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import msgspec
@@ -11,7 +12,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Response, ServerSentEvent
 
 from app import contracts as c
-from app import jobs, swaplock
+from app import health, jobs, swaplock
 from app.config import Settings
 from app.errors import BadRequest, UnknownHost
 from app.routes.deps import bus_of, settings_of
@@ -135,17 +136,21 @@ async def status(state: State) -> dict[str, Any]:
     hosts = []
     for alias in settings.aliases:
         st = await bus.get_host_state(alias) if connected else None
+        model = await bus.get_model_state(alias) if connected else None
         hosts.append(
             {
                 "alias": alias,
                 "up": st.up if st else None,
                 "checked_at": st.checked_at if st else None,
+                "model": model.model if model else None,
             }
         )
     return {
         "bus": {"connected": connected},
         "workers": workers,
         "hosts": hosts,
+        "endpoints": await health.endpoints(bus, settings, os.environ) if connected else [],
+        "health_leader": await health.leader(bus) if connected else None,
         "actions": list(c.ACTIONS),
     }
 

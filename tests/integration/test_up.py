@@ -36,7 +36,7 @@ def _status(base: str) -> Any:
         return None
     status = r.json()
     names = sorted(w["name"] for w in status["workers"])
-    return status if names == ["spark-blob-signer", "spark-ssh-executor"] else None
+    return status if names == ["spark-blob-signer", "spark-health", "spark-ssh-executor"] else None
 
 
 def _wait(predicate: Any, timeout: float) -> Any:
