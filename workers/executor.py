@@ -30,6 +30,7 @@ from workers.actions import Action, JobContext
 from workers.hosts import HostRunners, host_outcome, mark_down
 from workers.ledger import Lease, Ledger
 from workers.registry import registry
+from workers.runner import ShellRunner
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +194,9 @@ class Executor:
             updated_at=t, args=cmd.args, requested_by=cmd.requested_by, attempts=1,
         )  # fmt: skip
         limit = self._limit(action, cmd)
-        ctx = JobContext(
-            job=job, host=host, runner=self.runners.get(host), timeout_s=limit, emit=emit
-        )
-        return _Early(asyncio.create_task(self._work(act, ctx, limit)), emitter)
+        runner = self.runners.get(host)
+        ctx = JobContext(job=job, host=host, runner=runner, timeout_s=limit, emit=emit)
+        return _Early(asyncio.create_task(self._work(act, ctx, limit)), emitter, runner)
 
     def _limit(self, action: str, cmd: c.Command) -> float:
         return cmd.timeout_s or LONG_ACTIONS_S.get(action, self.settings.command_timeout_s)
@@ -365,9 +365,13 @@ class _Early:
 
     work: asyncio.Task[Any]
     emitter: asyncio.Future[Emit]
+    runner: ShellRunner
 
     async def abandon(self) -> None:
-        self.work.cancel()
+        """The claim failed: stop it as a cancel does (a remote command already started is
+        killed with its process group, not left running), then wait for it to end."""
+        if not await self.runner.cancel():
+            self.work.cancel()
         await asyncio.wait([self.work])
         if not self.emitter.done():
             self.emitter.cancel()
