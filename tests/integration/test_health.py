@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import yaml
 from app import catalog, health
 from app import contracts as c
 from app.bus import Bus, connect
-from app.config import Settings
+from app.config import HostConfig, Settings
 from tests import stack
 from tests.servers import free_port
 from workers import health as health_worker
@@ -223,6 +224,54 @@ async def test_short_outage_caught_with_duration_across_web_restarts(
         assert day["outages"] == 1 and day["availability_pct"] < 100
 
 
+async def test_service_endpoints_checked_and_streamed(setup: Any) -> None:
+    settings, _ = setup
+    alias = settings.hosts[0].alias
+    port = free_port()
+    Path(os.environ["SPARK_CONTROL_SERVICES_YAML"]).write_text(yaml.safe_dump({"services": {
+        "emb": {"kind": "embeddings", "host": alias, "image": "example.org/emb:1", "port": port,
+                "start_timeout_s": 30},
+        "off": {"kind": "tts", "host": alias, "image": "example.org/tts:1", "port": free_port(),
+                "disabled": True},
+    }}))  # fmt: skip
+    async with stack.executor(settings), health_loop(settings), stack.web(settings) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            r = await client.post("/api/services/emb/start")
+            assert (await stack.sse_events(client, r.json()["events"]))[-1]["event"] == "done"
+            ep = await stack.wait_for(lambda: _ready(client, "emb"), timeout=20)
+            assert ep["base_url"] == f"http://127.0.0.1:{port}" and ep["kind"] == "embeddings"
+            assert (await _endpoint(client, "off"))["state"] == "disabled"
+
+            async def probed() -> dict[str, Any] | None:
+                deep = (await client.get("/api/deep-health")).json()["services"]["emb"]
+                return deep["last_probe"] if deep["last_probe"] else None
+
+            probe = await stack.wait_for(probed, timeout=20)
+            assert (probe["check"], probe["state"]) == ("embedding", "ok")
+
+            seen: list[str] = []
+
+            async def listen() -> None:
+                async with client.stream("GET", "/api/health/events") as resp:
+                    async for line in resp.aiter_lines():
+                        if line.startswith("event: "):
+                            seen.append(line[7:])
+
+            reader = asyncio.create_task(listen())
+            await asyncio.sleep(0.5)
+            r = await client.post("/api/services/emb/stop")
+            assert (await stack.sse_events(client, r.json()["events"]))[-1]["event"] == "done"
+            await stack.wait_for(lambda: "service.emb.down" in seen, timeout=20)
+            reader.cancel()
+            assert f"host.{alias}.probed" in seen
+            assert (await _endpoint(client, "emb"))["state"] == "down"
+            conn = (await client.get("/api/connectivity")).json()
+            emb = conn["subjects"]["service.emb"]
+            assert [t["to"] for t in emb["transitions"]][-2:] == ["up", "down"]
+            assert emb["outages"][-1]["ongoing"] is True
+            assert "service.off" not in conn["subjects"]  # disabled: no transitions
+
+
 async def _up(bus: Bus, alias: str) -> c.HostState | None:
     st = await bus.get_host_state(alias)
     return st if st is not None and st.up else None
@@ -277,3 +326,29 @@ def parse_prometheus(text: str) -> dict[str, dict[str, Any]]:
             assert name in fams and "type" in fams[name], f"sample before its TYPE: {line!r}"
             fams[name]["samples"].append((labels, float(value)))
     return fams
+
+
+async def test_health_worker_runs_under_the_shipped_executor_user(tmp_path: Path) -> None:
+    """deploy/nats.conf: compose runs the health worker as ``executor``; its rights suffice."""
+    from tests.integration.test_nats_permissions import ShippedNats
+
+    server = ShippedNats(tmp_path / "nats").start()
+    try:
+        base = stack.make_settings(
+            tmp_path / "data", server.url, [HostConfig(alias="local", transport="local")],
+            health_poll_s=0.3, health_leader_ttl_s=3.0,
+        )  # fmt: skip
+        async with stack.web(server.settings_for("web", base)) as url:
+            async with health_loop(server.settings_for("executor", base)) as bus:
+                await stack.wait_for(lambda: _up(bus, "local"), timeout=20)
+                async with httpx.AsyncClient(base_url=url) as client:
+
+                    async def seen() -> dict[str, Any] | None:
+                        got = (await client.get("/api/deep-health")).json()
+                        return got if got["services"]["vllm-local"]["state"] == "idle" else None
+
+                    got = await stack.wait_for(seen, timeout=20)
+                    assert got["leader"]["worker"] == "health-a"
+                    assert (await client.get("/metrics")).status_code == 200
+    finally:
+        server.stop()
