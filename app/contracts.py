@@ -149,6 +149,15 @@ def evt_service(endpoint: str, kind: str) -> str:
     return f"{ROOT}.evt.service.{token(endpoint, 'endpoint')}.{token(kind, 'kind')}"
 
 
+def cmd_health_deep(endpoint: str) -> str:
+    """Core publish (no reply, not stored): ask the health loop's leader to deep-probe one
+    endpoint now (a client's failure report, the proxy seeing an upstream 500)."""
+    return f"{ROOT}.cmd.health.deep.{token(endpoint, 'endpoint')}"
+
+
+HEALTH_DEEP_WILDCARD = f"{ROOT}.cmd.health.deep.*"
+
+
 CONNECTIVITY_FILTERS = tuple(
     f"{ROOT}.evt.{scope}.*.{kind}"
     for scope in ("host", "service")
@@ -235,6 +244,15 @@ def vllm_flags_key(host: str) -> str:
 def schedule_key(entry_id: str) -> str:
     """Key of one schedule registry entry in SETTINGS_BUCKET."""
     return f"{SCHEDULE_KEY_PREFIX}.{token(entry_id, 'schedule id')}"
+
+
+RUNTIME_KEY_PREFIX = "runtime"  # in SETTINGS_BUCKET: ``runtime.<setting>``, the /settings page
+
+
+def runtime_setting_key(name: str) -> str:
+    """Key of one runtime setting in SETTINGS_BUCKET (app/runtime_settings.py): every replica
+    watches ``runtime.>`` and applies what it finds."""
+    return f"{RUNTIME_KEY_PREFIX}.{token(name, 'setting name')}"
 
 
 def push_state_key(digest: str) -> str:

@@ -219,7 +219,18 @@ async def record_report(
     subject = (c.evt_host(name, c.HOST_REPORT_KIND) if scope == "host"
                else c.evt_service(name, c.HOST_REPORT_KIND))  # fmt: skip
     seq = await bus.publish_event(subject, event)
-    return {"recorded": True, "subject": f"{scope}.{name}", "seq": seq}
+    deep = not report.ok and scope == "service"
+    if deep:  # our own deep probe decides; the report itself changes nothing
+        await request_deep_probe(bus, name)
+    return {"recorded": True, "subject": f"{scope}.{name}", "seq": seq, "deep_probe": deep}
+
+
+async def request_deep_probe(bus: Bus, endpoint: str) -> None:
+    """Ask the health loop's leader to deep-probe ``endpoint`` now (fire and forget; the
+    leader does it at most every few seconds per endpoint). For the proxy too, when an
+    upstream answers 500."""
+    with contextlib.suppress(nats.errors.Error, c.BadToken):
+        await bus.nc.publish(c.cmd_health_deep(endpoint), b"")
 
 
 # --- connectivity history ---------------------------------------------------------------------

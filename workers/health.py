@@ -36,6 +36,8 @@ from workers.runtime import register, run_until_stopped
 log = logging.getLogger(__name__)
 
 HEALTH_SERVICE = "spark-health"
+ASK_EVERY_S = 10.0
+"""At most one asked-for deep probe per endpoint this often (``cmd_health_deep``)."""
 AVAILABLE = frozenset({"up", "idle"})
 """Endpoint states that count as reachable in the connectivity history."""
 
@@ -90,13 +92,20 @@ class HealthLoop:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._services: dict[str, services.Service] = {}
+        self._deep_now: set[str] = set()
+        self._asked: dict[str, float] = {}
+        self._sub: Any = None
 
     async def start(self) -> None:
+        self._sub = await self.bus.nc.subscribe(c.HEALTH_DEEP_WILDCARD, cb=self._asked_deep)
         self._tasks = [asyncio.create_task(self._lease_loop()),
                        asyncio.create_task(self._poll_loop())]  # fmt: skip
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -190,6 +199,17 @@ class HealthLoop:
             self.client = httpx.AsyncClient(timeout=self.settings.health_timeout_s)
         return self.runners, self.client
 
+    async def _asked_deep(self, msg: Any) -> None:
+        """``spark.cmd.health.deep.<endpoint>``: deep-probe it at the next round (now), at
+        most once per ``ASK_EVERY_S`` per endpoint, so reports cannot flood an endpoint."""
+        endpoint = msg.subject.rsplit(".", 1)[-1]
+        now = c.now()
+        if not self.leader or now - self._asked.get(endpoint, 0.0) < ASK_EVERY_S:
+            return
+        self._asked[endpoint] = now
+        self._deep_now.add(endpoint)
+        self._wake.set()
+
     async def _connection_lost(self, alias: str, reason: str) -> None:
         """The kept SSH connection dropped: the host is down now; look again at once."""
         await mark_down(self.bus, alias, reason, self.worker)
@@ -272,7 +292,9 @@ class HealthLoop:
         quick = await hc.light(client, t)
         ep.state = {"ok": "up", "idle": "idle", "down": "down"}.get(quick.state, "failed")
         ep.error = quick.error
-        due = ep.deep is None or now - ep.deep.at >= self.settings.health_deep_s
+        asked = t.name in self._deep_now
+        self._deep_now.discard(t.name)
+        due = asked or ep.deep is None or now - ep.deep.at >= self.settings.health_deep_s
         suspicious = quick.state in ("failed", "wedged") and (
             prev is None or prev.state != "wedged"
         )

@@ -226,6 +226,7 @@ async def test_short_outage_caught_with_duration_across_web_restarts(
 
 async def test_service_endpoints_checked_and_streamed(setup: Any) -> None:
     settings, _ = setup
+    settings.health_deep_s = 300.0  # only the first and the asked-for deep probes
     alias = settings.hosts[0].alias
     port = free_port()
     Path(os.environ["SPARK_CONTROL_SERVICES_YAML"]).write_text(yaml.safe_dump({"services": {
@@ -248,6 +249,20 @@ async def test_service_endpoints_checked_and_streamed(setup: Any) -> None:
 
             probe = await stack.wait_for(probed, timeout=20)
             assert (probe["check"], probe["state"]) == ("embedding", "ok")
+
+            # a failure report asks for a deep probe now (ours decides; the report flips nothing)
+            bus = await connect(settings, name="reader")
+            probed_subject = (c.evt_service("emb", "probed"),)
+            before = len(await health.read_events(bus, probed_subject, 0))
+            r = await client.post("/api/health-event", json={"service": "embeddings", "ok": False})
+            assert r.json()["subject"] == "service.emb" and r.json()["deep_probe"] is True
+
+            async def again() -> bool:
+                return len(await health.read_events(bus, probed_subject, 0)) > before
+
+            await stack.wait_for(again, timeout=10)
+            await bus.close()
+            assert (await _endpoint(client, "emb"))["state"] == "up"
 
             seen: list[str] = []
 
