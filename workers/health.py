@@ -310,8 +310,8 @@ class HealthLoop:
                 ep.state = "idle"
         elif prev is not None and prev.state == "wedged" and quick.state != "ok":
             ep.state = "wedged"  # still wedged until a deep probe or a healthy answer says not
-        if ep.state in AVAILABLE and (prev is None or prev.state not in AVAILABLE):
-            ep.started_at = now
+        if ep.state in AVAILABLE and (prev is None or prev.state != ep.state):
+            ep.started_at = now  # came up, or a model appeared (idle → up): grace again
         if ep.state == "wedged" and ep.deep is not None and ep.deep.at >= now:
             await self._maybe_restart(ep, now)
         await self._store(ep, prev)
