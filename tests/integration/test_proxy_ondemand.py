@@ -145,3 +145,22 @@ async def test_loading_notice_streams_comments_while_the_swap_runs(
                                     default_headers={"x-spark-loading-notice": "1"})  # fmt: skip
         assert await chat(client, "b") == (REPLY, "stop")
         await client.close()
+
+
+async def test_a_client_that_leaves_the_queue_drops_its_claim(setup: Any) -> None:
+    settings = setup(command_timeout_s=60.0, proxy_min_residency_s=2.0)
+    async with stack.executor(settings) as bus, stack.web(settings) as base:
+        await stack.wait_for(stack.front_ready(base), timeout=20)
+        client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0,
+                                    timeout=60)  # fmt: skip
+        assert await chat(client, "a") == (REPLY, "stop")  # a loads, then stays >= 2 s
+        leaving = asyncio.create_task(chat(client, "b"))  # queued behind a's residency
+        await asyncio.sleep(0.5)
+        leaving.cancel()  # the client goes away while it waits
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        await asyncio.sleep(3.0)  # past the residency: nobody wants b any more
+        swaps = [j.args["model"] for j in await bus.list_jobs() if j.action == "swap"]
+        assert swaps == ["a"]
+        assert await chat(client, "a") == (REPLY, "stop")  # a still serves
+        await client.close()
