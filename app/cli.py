@@ -7,6 +7,7 @@ import logging
 import sys
 
 from app import aio
+from app.access.policy import check_exposure
 from app.config import ConfigError, Settings, ensure_data_dir, load_settings
 from app.errors import SparkError
 
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         logging.getLogger("asyncssh").setLevel(logging.WARNING)
         ensure_data_dir(settings)
+        if args.part in ("up", "web"):
+            check_exposure(settings)  # beyond loopback: tokens, or an explicit open LAN
         if args.part == "up":
             from app.supervisor import up
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from app.access.tokens import ApiToken, normalise, parse_env
 from app.contracts import HOST_ALIAS
 from app.errors import BadRequest
 from app.shellsafe import check_local_path
@@ -44,6 +45,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str = str(Path("~/.local/share/spark-control").expanduser())
     bind_host: str = "127.0.0.1"
     bind_port: int = 9999
+    published_host: str | None = None
+    """Where the front is reachable when a container runtime publishes ``bind_host`` elsewhere
+    (compose: ``SPARK_PUBLISH_HOST``); the start-up exposure check uses it instead."""
+    api_tokens: list[ApiToken] = msgspec.field(default_factory=list)
+    """API tokens with scopes (``SPARK_API_TOKENS="name:control+read:token,…"``, or entries
+    ``{name, scopes, sha256 | token}`` in the file); kept as SHA-256 digests; secrets."""
+    allow_open_lan: bool = False
+    """Serve beyond loopback without tokens (``SPARK_ALLOW_OPEN_LAN=1``); a banner on every page."""
     nats_url: str | None = None
     """External NATS; when unset, ``spark-control up`` starts the embedded server."""
     nats_user: str | None = None
@@ -192,6 +201,9 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "data_dir": ("SPARK_DATA_DIR",),
     "bind_port": ("BIND_PORT",),
     "bind_host": ("BIND_HOST",),
+    "published_host": ("SPARK_PUBLISH_HOST",),
+    "api_tokens": ("SPARK_API_TOKENS",),
+    "allow_open_lan": ("SPARK_ALLOW_OPEN_LAN",),
     "nats_url": ("NATS_URL",),
     "nats_user": ("NATS_USER",),
     "nats_password": ("NATS_PASSWORD",),
@@ -225,7 +237,7 @@ MAP_FIELDS = frozenset({"signer_tokens", "redaction_clients"})
 """Settings given in the environment as ``key=value,key=value``."""
 SECRET_FIELDS = frozenset(
     {"webhook_secret", "nats_password", "hf_token", "ngc_key", "s3_secret_access_key",
-     "s3_session_token", "signer_tokens", "redaction_key", "redaction_clients"}
+     "s3_session_token", "signer_tokens", "redaction_key", "redaction_clients", "api_tokens"}
 )  # fmt: skip
 """Settings given in the environment as comma-separated lists."""
 
@@ -265,6 +277,11 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
                 continue
             if field == "log_level":
                 out[field] = value.lower()
+            elif field == "api_tokens":
+                try:
+                    out[field] = parse_env(value)
+                except ValueError as exc:
+                    raise ConfigError(f"{name}: {exc}") from exc
             elif field in MAP_FIELDS:
                 out[field] = _env_map(name, value)
             elif field in LIST_FIELDS:
@@ -350,6 +367,10 @@ def _validate(s: Settings, source: str) -> Settings:
     if s.proxy_queue_limit < 0:
         raise ConfigError(f"{source}: proxy_queue_limit: must be >= 0")
     _validate_signer(s, source)
+    try:
+        s.api_tokens = normalise(s.api_tokens)  # plain tokens hashed, then dropped
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
     if s.redaction_ner_url and not s.redaction_ner_url.startswith(("http://", "https://")):
         raise ConfigError(f"{source}: redaction_ner_url: must be an http(s) URL")
     for name in ("redaction_ttl_s", "redaction_ner_timeout_s"):

@@ -11,6 +11,7 @@ from typing import Any
 
 import nats.errors
 from litestar import Litestar, MediaType, Request, Response
+from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Template
@@ -18,6 +19,9 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from app import filters
+from app.access import login
+from app.access.middleware import AccessMiddleware
+from app.access.policy import Access
 from app.bus import Bus, connect
 from app.config import Settings
 from app.errors import SparkError, error_body
@@ -92,6 +96,7 @@ def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[A
 
 def create_app(settings: Settings, bus: Bus | None = None) -> Litestar:
     """Assemble the web front. With no ``bus`` given, the lifespan connects one at start."""
+    access = Access.from_settings(settings)  # tokens hashed once; a bad one is a ConfigError
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -114,6 +119,7 @@ def create_app(settings: Settings, bus: Bus | None = None) -> Litestar:
             *redaction.ROUTES,
             *HEALTH_ROUTES,
             *pages.ROUTES,
+            *login.ROUTES,
             create_static_files_router(path="/static", directories=[PACKAGE / "static"]),
         ],
         lifespan=[lifespan, proxy_lifespan],
@@ -128,6 +134,8 @@ def create_app(settings: Settings, bus: Bus | None = None) -> Litestar:
             engine=JinjaTemplateEngine,
             engine_callback=filters.register,
         ),
+        middleware=[AccessMiddleware(access)],
+        state=State({"access": access}),
         request_max_body_size=1_000_000,
         debug=False,
     )
