@@ -62,8 +62,13 @@ def new_client(settings: Settings) -> aiohttp.ClientSession:
 
 
 def upstream_headers(request: Request[Any, Any, Any], length: int | None) -> dict[str, str]:
-    """The client's headers minus hop-by-hop ones; ``length`` when the body's size is known."""
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    """The client's headers minus hop-by-hop ones; ``length`` when the body's size is known.
+    While the front checks API tokens, ``Authorization`` carries one of ours: it stops here
+    (an upstream never sees a spark-control token). Without tokens it passes, so a client may
+    still send a model server's own ``--api-key``."""
+    access = request.app.state.get("access")
+    drop = HOP_BY_HOP | ({"authorization"} if access is not None and access.required else set())
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in drop}
     if length is not None:
         headers["content-length"] = str(length)
     return headers

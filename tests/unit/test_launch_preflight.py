@@ -99,7 +99,7 @@ def test_cluster_launch_passes_image_name_env_and_a_local_model(tmp_path: Path) 
                         "-e", "NCCL_DEBUG=WARN", "-d", "exec"]  # fmt: skip
     assert args[8:11] == ["vllm", "serve", "/models/tp-local"]
     assert launch.cluster_stop_argv(recipe, "s.sh") == ["s.sh", "--name", "tp_node", "stop"]
-    with pytest.raises(catalog.CatalogError, match="env.NCCL_DEBUG"):
+    with pytest.raises(catalog.CatalogError, match=r"env\.NCCL_DEBUG"):
         catalog.validate_recipe(
             "tp-bad", {"repo": "org/m", "mode": "cluster", "tensor_parallel_size": 2,
                        "env": {"NCCL_DEBUG": "WARN INFO"}},
