@@ -11,6 +11,17 @@ def gib(n: float | None) -> str:
     return "n/a" if n is None else f"{n / 2**30:.1f} GiB"
 
 
+def size(n: float | None) -> str:
+    """Bytes in decimal units (transfers: what ``hf`` and S3 report): ``4.2 MB``."""
+    if n is None:
+        return "n/a"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "n/a"
@@ -36,5 +47,5 @@ def ts(epoch: float | None) -> str:
 
 
 def register(engine: Any) -> None:
-    for f in (gib, duration, ago, ts):
+    for f in (gib, size, duration, ago, ts):
         engine.engine.filters[f.__name__] = f

@@ -26,7 +26,18 @@ from app.bus import Bus, connect
 from app.config import Settings
 from app.errors import SparkError, error_body
 from app.proxy.core import lifespan as proxy_lifespan
-from app.routes import api, blob, coordination, models, pages, redaction, services, swap, v1
+from app.routes import (
+    api,
+    blob,
+    coordination,
+    dashboard,
+    models,
+    pages,
+    redaction,
+    services,
+    swap,
+    v1,
+)
 from app.routes.health import ROUTES as HEALTH_ROUTES
 
 log = logging.getLogger(__name__)
@@ -119,10 +130,11 @@ def create_app(settings: Settings, bus: Bus | None = None) -> Litestar:
             *redaction.ROUTES,
             *HEALTH_ROUTES,
             *pages.ROUTES,
+            *dashboard.ROUTES,
             *login.ROUTES,
             create_static_files_router(path="/static", directories=[PACKAGE / "static"]),
         ],
-        lifespan=[lifespan, proxy_lifespan],
+        lifespan=[lifespan, proxy_lifespan, dashboard.lifespan],
         exception_handlers={
             SparkError: on_spark_error,
             HTTPException: on_http_error,

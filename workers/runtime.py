@@ -15,6 +15,7 @@ from nats.micro import add_service
 from nats.micro.service import Service
 
 from app import contracts as c
+from app import runtime_settings
 from app.bus import Bus, connect
 from app.config import Settings
 
@@ -58,10 +59,11 @@ async def run_until_stopped(
         connecting.cancel()
         return
     bus = connecting.result()
-    teardown = await setup(bus, worker)
-    log.info("%s ready", worker)
-    try:
-        await stop.wait()
-    finally:
-        await teardown()
-        await bus.close()
+    async with runtime_settings.following(bus, settings):  # the /settings page, live
+        teardown = await setup(bus, worker)
+        log.info("%s ready", worker)
+        try:
+            await stop.wait()
+        finally:
+            await teardown()
+    await bus.close()

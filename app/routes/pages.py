@@ -12,7 +12,7 @@ import jinja2
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery
-from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
+from litestar.response import ServerSentEvent, ServerSentEventMessage, Template
 
 from app import catalog, jobs, services, swaplock
 from app import contracts as c
@@ -27,11 +27,6 @@ from app.sse import last_event_id, open_job
 FORM_LIMIT = 16 * 1024
 MODEL_ACTIONS = frozenset({"swap", "stop"})
 """Jobs that change what a host serves: their final event refreshes its current-model line."""
-
-
-@get("/")
-async def index() -> Redirect:
-    return Redirect("/hosts")
 
 
 @get("/hosts")
@@ -213,7 +208,7 @@ async def lock_force_release_fragment(state: State) -> Template:
 
 
 ROUTES = [
-    index, hosts_page, host_action_fragment, jobs_page, job_page, job_fragments,
+    hosts_page, host_action_fragment, jobs_page, job_page, job_fragments,
     models_page, model_validate_fragment, model_swap_fragment,
     services_page, service_op_fragment, lock_force_release_fragment,
 ]  # fmt: skip

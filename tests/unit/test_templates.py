@@ -204,7 +204,8 @@ def test_hosts_empty(env: Environment) -> None:
 
 def test_hosts_nav_marks_current_page(env: Environment) -> None:
     html = env.get_template("hosts.html").render(hosts=[], status=STATUS)
-    assert '<a href="/" aria-current="page">Hosts</a>' in html
+    assert '<a href="/hosts" aria-current="page">Hosts</a>' in html
+    assert '<a href="/">Overview</a>' in html  # "/" is the overview now
     html = env.get_template("jobs.html").render(jobs=[])
     assert '<a href="/jobs" aria-current="page">Jobs</a>' in html
 
