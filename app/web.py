@@ -18,7 +18,7 @@ from litestar.response import Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from app import filters
+from app import filters, openapi
 from app.access import login
 from app.access.middleware import AccessMiddleware
 from app.access.policy import Access
@@ -130,11 +130,12 @@ def create_app(settings: Settings, bus: Bus | None = None) -> Litestar:
             *redaction.ROUTES,
             *HEALTH_ROUTES,
             *pages.ROUTES,
-            *dashboard.ROUTES,
             *login.ROUTES,
+            *dashboard.ROUTES,
             create_static_files_router(path="/static", directories=[PACKAGE / "static"]),
         ],
         lifespan=[lifespan, proxy_lifespan, dashboard.lifespan],
+        on_startup=[openapi.document_errors],
         exception_handlers={
             SparkError: on_spark_error,
             HTTPException: on_http_error,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Request, get, post
+from litestar import MediaType, Request, get, post
 from litestar.datastructures import Cookie, State
 from litestar.params import QueryParameter
 from litestar.response import Redirect, Template
@@ -36,7 +36,7 @@ async def healthz() -> dict[str, bool]:
     return {"ok": True}
 
 
-@get("/login")
+@get("/login", media_type=MediaType.HTML)
 async def login_page(
     state: State, target: Annotated[str, QueryParameter(name="next")] = "/"
 ) -> Template | Redirect:
@@ -45,14 +45,14 @@ async def login_page(
     return Template("login.html", context={"next": safe_next(target), "error": None})
 
 
-@post("/login", status_code=303, request_max_body_size=FORM_LIMIT)
+@post("/login", status_code=303, request_max_body_size=FORM_LIMIT, media_type=MediaType.HTML)
 async def login(state: State, request: Request[Any, Any, Any]) -> Template | Redirect:
     """Form ``token``, ``next``: a token with the ``read`` scope sets the cookie."""
     form = await request.form()
     token, target = str(form.get("token") or "").strip(), safe_next(form.get("next"))
     access = access_of(state)
     if not access.required:
-        return Redirect(target)
+        return Redirect(target, status_code=303, media_type=MediaType.HTML)
     identity = access.tokens.lookup(token) if token else None
     error = None
     if identity is None:
@@ -66,13 +66,13 @@ async def login(state: State, request: Request[Any, Any, Any]) -> Template | Red
         key=COOKIE, value=token, path="/", httponly=True, samesite="lax",
         secure=request.url.scheme == "https", max_age=COOKIE_MAX_AGE_S,
     )  # fmt: skip
-    return Redirect(target, status_code=303, cookies=[cookie])
+    return Redirect(target, status_code=303, cookies=[cookie], media_type=MediaType.HTML)
 
 
-@post("/logout", status_code=303)
+@post("/logout", status_code=303, media_type=MediaType.HTML)
 async def logout() -> Redirect:
     gone = Cookie(key=COOKIE, value="", path="/", httponly=True, samesite="lax", max_age=0)
-    return Redirect("/login", status_code=303, cookies=[gone])
+    return Redirect("/login", status_code=303, cookies=[gone], media_type=MediaType.HTML)
 
 
 ROUTES = [healthz, login_page, login, logout]
