@@ -271,3 +271,27 @@ async def test_probe_over_ssh_sees_shims(sshd_host: Any, remote: Remote) -> None
     assert [g.name for g in res.gpus] == ["NVIDIA GB10"]
     assert res.gpus[0].memory_total_mib is None  # unified memory: [N/A]
     assert len(res.disks) >= 1 and all(d.total_bytes > 0 for d in res.disks)
+
+
+async def test_an_sshd_that_accepts_then_hangs_is_unreachable_within_the_timeout(
+    sshd_host: Any,
+) -> None:
+    """The kernel accepts the TCP connection but sshd (stopped) never sends its banner: the
+    connect gives up at ssh_connect_timeout_s with a clear error instead of hanging."""
+    settings = _settings(sshd_host, ssh_connect_timeout_s=1.0)
+    os.kill(sshd_host.proc.pid, signal.SIGSTOP)
+    r = Remote(settings)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(HostUnreachable) as info:
+            await r.runner.run("true", timeout=10)
+        assert time.monotonic() - t0 < 2.5
+        assert "unreachable" in info.value.message
+    finally:
+        os.kill(sshd_host.proc.pid, signal.SIGCONT)
+        await r.close()
+    again = Remote(settings)  # the host answers again: the next command just works
+    try:
+        assert (await again.runner.run("echo back", timeout=10)).stdout == "back\n"
+    finally:
+        await again.close()
