@@ -130,3 +130,31 @@ async def test_settings_form_validates_and_persists(settings: Any) -> None:
             r = await client.post("/settings/proxy_queue_limit/reset")
             assert r.status_code == 200
             await stack.wait_for(lambda: web2.proxy_queue_limit == 64, timeout=5)
+
+
+async def test_a_worker_applies_runtime_settings_live(settings: Any) -> None:
+    """Every worker runs under ``run_until_stopped``, which follows ``runtime.>``: a value
+    stored while it runs is applied to its settings object; a deleted one reverts."""
+    from app import runtime_settings
+    from workers.runtime import run_until_stopped
+
+    worker = _copy(settings)
+    stop = asyncio.Event()
+
+    async def setup(bus: Bus, name: str) -> Any:
+        async def teardown() -> None:
+            return None
+
+        return teardown
+
+    task = asyncio.create_task(run_until_stopped(worker, "test", setup, stop))
+    async with stack.web(_copy(settings)) as base:
+        async with httpx.AsyncClient(base_url=base, headers=HTML, timeout=20) as client:
+            r = await client.post("/settings/health_restart_max", data={"value": "7"})
+            assert r.status_code == 200
+            await stack.wait_for(lambda: worker.health_restart_max == 7, timeout=10)
+            await client.post("/settings/health_restart_max/reset")
+            await stack.wait_for(lambda: worker.health_restart_max == 3, timeout=10)
+    stop.set()
+    await asyncio.wait_for(task, 20)
+    assert runtime_settings.SPECS["health_restart_max"].reader.startswith("health worker")
