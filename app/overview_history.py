@@ -57,6 +57,8 @@ class History:
     def __init__(self, aliases: Iterable[str], window_s: float = WINDOW_S) -> None:
         self.window_s = window_s
         self.rings: dict[str, deque[Sample]] = {a: deque(maxlen=MAX_SAMPLES) for a in aliases}
+        self.charts: dict[tuple[str, str], tuple[Any, Any]] = {}
+        """Drawn charts by (host, field) with what they were drawn from (dashboard's cache)."""
 
     def add(self, host: str, sample: Sample) -> bool:
         ring = self.rings.get(host)

@@ -9,10 +9,32 @@ from markupsafe import Markup, escape
 
 WIDTH = 120
 HEIGHT = 28
+COLUMNS = 60
+"""Most points drawn per chart: samples are averaged into this many time slots (one minute of
+an hour each), so a chart costs the same at a 1 s poll as at 60 s."""
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.1f}".rstrip("0").rstrip(".")
+    return f"{x:.1f}"
+
+
+def bucketed(
+    samples: Sequence[tuple[float, float | None]], since: float, until: float, columns: int
+) -> list[tuple[float, float | None]]:
+    """Samples inside [since, until] averaged per time slot (``columns`` slots): each slot with
+    samples becomes (mean ts, mean value), its value None when none of them had one."""
+    span = max(until - since, 1e-9)
+    slots: dict[int, list[tuple[float, float | None]]] = {}
+    for ts, v in samples:
+        if since <= ts <= until:
+            slot = min(int((ts - since) / span * columns), columns - 1)
+            slots.setdefault(slot, []).append((ts, v))
+    out: list[tuple[float, float | None]] = []
+    for _, group in sorted(slots.items()):
+        values = [v for _, v in group if v is not None]
+        mean_ts = sum(t for t, _ in group) / len(group)
+        out.append((mean_ts, sum(values) / len(values) if values else None))
+    return out
 
 
 def segments(
@@ -44,10 +66,12 @@ def sparkline(
     label: str = "",
     width: int = WIDTH,
     height: int = HEIGHT,
+    columns: int = COLUMNS,
 ) -> Markup:
     """An ``<svg class="spark">`` of ``samples`` (ts, value) between ``since`` and ``until`` on a
-    fixed ``lo``..``hi`` scale (values clamped), one polyline per run of samples (see
-    ``segments``); a run of one sample is a dot. ``label`` becomes the title (escaped)."""
+    fixed ``lo``..``hi`` scale (values clamped), averaged into ``columns`` slots, one polyline
+    per run of slots (see ``segments``); a run of one is a dot. ``label`` becomes the title
+    (escaped)."""
     span = max(until - since, 1e-9)
     scale = max(hi - lo, 1e-9)
     pad = 1.5
@@ -57,7 +81,7 @@ def sparkline(
         y = height - pad - (min(max(v, lo), hi) - lo) / scale * (height - 2 * pad)
         return f"{_fmt(x)},{_fmt(y)}"
 
-    inside = [(t, v) for t, v in samples if since <= t <= until]
+    inside = bucketed(samples, since, until, columns)
     shapes = []
     for run in segments(inside, gap_s):
         if len(run) == 1:

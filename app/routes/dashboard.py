@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import nats.errors
@@ -23,9 +24,10 @@ from litestar import Litestar, Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage, Template
+from markupsafe import Markup
 
 from app import contracts as c
-from app import health, jobs, runtime_settings, shellsafe, swaplock
+from app import health, jobs, runtime_settings, services, shellsafe, swaplock
 from app import overview_history as history
 from app.bus import Bus
 from app.config import HostConfig, Settings
@@ -135,11 +137,15 @@ async def _tile(
 ) -> SimpleNamespace:
     st, model = await asyncio.gather(bus.get_host_state(host.alias),
                                      bus.get_model_state(host.alias))  # fmt: skip
+    return _tile_view(settings, host, ring, st, model)
+
+
+def _tile_view(
+    settings: Settings, host: HostConfig, ring: history.History,
+    st: c.HostState | None, model: c.ModelState | None,
+) -> SimpleNamespace:  # fmt: skip
     now = c.now()
-    since = now - ring.window_s
     gap = max(3 * settings.health_poll_s, 60.0)  # a longer silence is a break in the line
-    mem = ring.series(host.alias, "mem_pct", since)
-    gpu = ring.series(host.alias, "gpu_pct", since)
     p = st.probe if st is not None else None
     gpu_now = None
     if p is not None:
@@ -147,18 +153,66 @@ async def _tile(
         gpu_now = sum(utils) / len(utils) if utils else None
     return SimpleNamespace(
         alias=host.alias, address=host.address, transport=host.transport, state=st,
-        probe=p, model=model, gpu_now=gpu_now, samples=len(mem),
-        mem_spark=sparkline(mem, since, now, gap_s=gap, label=f"{host.alias}: memory, last hour"),
-        gpu_spark=sparkline(gpu, since, now, gap_s=gap, label=f"{host.alias}: GPU, last hour"),
+        probe=p, model=model, gpu_now=gpu_now, samples=len(ring.rings.get(host.alias, ())),
+        mem_spark=_chart(ring, host.alias, "mem_pct", now, gap, "memory"),
+        gpu_spark=_chart(ring, host.alias, "gpu_pct", now, gap, "GPU"),
     )  # fmt: skip
+
+
+def _chart(ring: history.History, alias: str, field: str, now: float, gap: float, what: str
+           ) -> Markup:  # fmt: skip
+    """The hour's sparkline of one figure, drawn again only when a sample arrived or the
+    minute turned (its time axis moves a minute, one column, at a time)."""
+    until = math.ceil(now / 60) * 60
+    since = until - ring.window_s
+    samples = ring.rings.get(alias) or ()
+    stamp = (until, gap, len(samples), samples[-1].ts if samples else None)
+    hit = ring.charts.get((alias, field))
+    if hit is not None and hit[0] == stamp:
+        return cast(Markup, hit[1])
+    svg = sparkline(ring.series(alias, field, since), since, until, gap_s=gap,
+                    label=f"{alias}: {what}, last hour")  # fmt: skip
+    ring.charts[(alias, field)] = (stamp, svg)
+    return svg
+
+
+async def _endpoints(
+    bus: Bus, settings: Settings, models: dict[str, c.ModelState | None]
+) -> list[dict[str, Any]]:
+    """What ``GET /api/endpoints`` says, read concurrently (the model states the tiles already
+    hold are reused): the overview's table must not cost a round-trip per host in a row."""
+    rows: list[dict[str, Any]] = [
+        {"name": c.vllm_endpoint(a), "kind": "llm", "host": a, "disabled": False,
+         "model": m.model if m else None}
+        for a, m in models.items()
+    ]  # fmt: skip
+    with contextlib.suppress(SparkError):
+        found = await asyncio.to_thread(services.current, settings, os.environ)
+        rows += [{"name": n, "kind": svc.kind, "host": svc.host, "model": None,
+                  "disabled": found.disabled(n)}
+                 for n, svc in sorted(found.services.items())
+                 if settings.host(svc.host) is not None]  # fmt: skip
+    healths = await asyncio.gather(*(health.get_endpoint(bus, r["name"]) for r in rows))
+    for r, h in zip(rows, healths, strict=True):
+        r["state"] = "disabled" if r["disabled"] else (h.state if h else "unknown")
+        r["since"] = h.since if h else None
+    return rows
 
 
 async def _overview_context(state: State) -> dict[str, Any]:
     bus, settings = bus_of(state), settings_of(state)
     ring: history.History = state.history
-    tiles = await asyncio.gather(*(_tile(bus, settings, h, ring) for h in settings.hosts))
-    endpoints = await health.endpoints(bus, settings, os.environ)
-    return {"tiles": tiles, "endpoints": endpoints, "lock": await swaplock.status(bus)}
+    hosts = settings.hosts
+    states, models, lock = await asyncio.gather(
+        asyncio.gather(*(bus.get_host_state(h.alias) for h in hosts)),
+        asyncio.gather(*(bus.get_model_state(h.alias) for h in hosts)),
+        swaplock.status(bus),
+    )
+    tiles = [_tile_view(settings, h, ring, st, m)
+             for h, st, m in zip(hosts, states, models, strict=True)]  # fmt: skip
+    by_alias = {h.alias: m for h, m in zip(hosts, models, strict=True)}
+    return {"tiles": tiles, "endpoints": await _endpoints(bus, settings, by_alias),
+            "lock": lock}  # fmt: skip
 
 
 @get("/")
@@ -215,7 +269,9 @@ async def overview_stream(state: State, request: Request[Any, Any, Any]) -> Serv
                     continue
                 html = tile_t.render(t=await _tile(bus, settings, host, ring))
             elif name == "services":
-                eps = await health.endpoints(bus, settings, os.environ)
+                order = settings.aliases
+                models = await asyncio.gather(*(bus.get_model_state(a) for a in order))
+                eps = await _endpoints(bus, settings, dict(zip(order, models, strict=True)))
                 html = services_t.render(endpoints=eps)
             else:
                 html = lock_t.render(lock=await swaplock.status(bus))

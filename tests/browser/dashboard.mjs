@@ -3,8 +3,8 @@
 //
 //   node tests/browser/dashboard.mjs <base-url> <second-base-url> <host-alias> <repo> <out-dir>
 //
-// Overview: two Probes from the host's tile, then its memory chart must be an SVG line (the
-// tile redrawn over the overview's SSE stream). Connectivity: prints "READY outage" on stderr
+// Overview: the hour replayed at start is an SVG line; two Probes from the tile add samples
+// (the tile redrawn over the overview's SSE stream). Connectivity: prints "READY outage" on stderr
 // and waits for the driving test to take the host's sshd down and up again; the page must show
 // the outage and its transitions without a reload. Transfers: downloads <repo> from the form
 // (confirmed), its progress (rate, then 100 %) in place and in the list. Settings: saves
@@ -49,16 +49,27 @@ await h.run(async (browser, track) => {
   const tile = `#ov-${cssId(alias)}`;
   check('overview shows the host tile', await page.locator(tile).isVisible());
   check('overview shows the services and the swap lock', await page.locator('.lock-banner').isVisible());
+  // the history the front replayed from SPARK_EVT at start (four probes 20 min ago)
+  await waitOr(page, `${tile} svg.spark polyline`, 'replayed hour drawn as an SVG line', WAIT_MS, 'attached');
+  const points = await page.locator(`${tile} svg.spark polyline`).first().getAttribute('points');
+  check('the line has several points', points.trim().split(/\s+/).length >= 3, points);
+  const count = async () => Number(((await page.locator(`${tile} .samples`).innerText()).match(/\d+/) || ['0'])[0]);
+  const before = await count();
+  check('the tile counts the replayed samples', before >= 4, String(before));
   for (let i = 1; i <= 2; i += 1) {
     await page.locator(`${tile} button`, { hasText: 'Probe' }).click();
     await waitOr(page, `#ov-panel-${cssId(alias)} .log .ev-done`, `probe ${i} reaches done`);
   }
-  // two probes a second apart are a sliver of an hour-wide chart: present, if not "visible"
-  await waitOr(page, `${tile} svg.spark polyline`, 'memory sparkline drawn as an SVG line (live)', WAIT_MS, 'attached');
+  // the tile is redrawn over the overview's SSE stream: two more samples, the newest a dot
+  await page.waitForFunction(
+    ([sel, n]) => { const m = document.querySelector(sel)?.innerText.match(/\d+/); return m && Number(m[0]) >= n; },
+    [`${tile} .samples`, before + 2], { timeout: WAIT_MS },
+  ).catch(() => {});
+  const after = await count();
+  check('two probes later the tile shows two more samples (live)', after >= before + 2, `${before} → ${after}`);
+  check('the new samples are drawn', await page.locator(`${tile} svg.spark circle`).count() >= 1);
   const badge = (await page.locator(`${tile} .tile-head .badge`).innerText()).trim();
   check('tile says up', badge === 'up', badge);
-  const points = await page.locator(`${tile} svg.spark polyline`).first().getAttribute('points');
-  check('sparkline has at least two points', points.trim().split(/\s+/).length >= 2, points);
   await shot(page, 'overview.png');
 
   // --- connectivity: an outage appears without a reload -------------------------------------

@@ -70,40 +70,62 @@ async def test_dashboard_in_chromium(settings: Any, hf_host: Any) -> None:
     alias = settings.hosts[0].alias
     web1, web2 = _copy(settings), _copy(settings)
     browser_run.fresh_screenshots(*SHOTS, "dashboard-failure.png")
-    async with stack.executor(settings) as bus, stack.web(web1) as base, stack.web(web2) as base2:
-        proc = await asyncio.create_subprocess_exec(
-            node, str(browser_run.BROWSER_DIR / "dashboard.mjs"), base, base2, alias, REPO,
-            str(browser_run.SCREENSHOTS), cwd=stack.REPO,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert proc.stdout is not None and proc.stderr is not None
-        err: list[str] = []
+    async with stack.executor(settings) as bus:
+        await _past_probes(bus, alias)
+        async with stack.web(web1) as base, stack.web(web2) as base2:
+            await _drive(bus, settings, hf_host, node, base, base2, alias)
+    assert web1.health_poll_s == 9.0 and web2.health_poll_s == 9.0  # both replicas
+    assert settings.health_poll_s == 15.0  # the executor's process has no follower here
 
-        async def drive() -> None:
-            assert proc.stderr is not None
-            async for raw in proc.stderr:
-                line = raw.decode(errors="replace")
-                err.append(line)
-                if line.strip() == "READY outage":
-                    await _outage(bus, settings, hf_host)
 
-        try:
-            out, _, _ = await asyncio.wait_for(
-                asyncio.gather(proc.stdout.read(), drive(), proc.wait()), 240
-            )
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            pytest.fail("dashboard.mjs did not finish within 240 s\n" + "".join(err))
-        report = f"exit {proc.returncode}\nstdout:\n{out.decode()}\nstderr:\n{''.join(err)}"
-        summary = json.loads(out) if out.strip().startswith(b"{") else {}
-        assert proc.returncode == 0 and summary.get("ok") is True, report
-        assert summary["console_errors"] == [] and summary["http_errors"] == [], report
-        browser_run.assert_screenshots(summary, SHOTS, report)
-        entry = await bus.kv[c.SETTINGS_BUCKET].get(c.runtime_setting_key("health_poll_s"))
-        assert json.loads(entry.value or b"{}")["value"] == 9.0
-        assert web1.health_poll_s == 9.0 and web2.health_poll_s == 9.0  # both replicas
-        assert settings.health_poll_s == 15.0  # the executor's process has no follower here
+async def _past_probes(bus: Bus, alias: str) -> None:
+    """Twenty minutes ago, four probes 40 s apart (as the health loop publishes them): a web
+    front started now replays them from SPARK_EVT into its charts."""
+    now = c.now()
+    for i in range(4):
+        ts = now - 1200 + 40 * i
+        data = {"host": alias, "mem_total_bytes": 100 * 2**30,
+                "mem_available_bytes": (60 - 10 * i) * 2**30,
+                "gpus": [{"name": "NVIDIA GB10", "utilization_pct": 20.0 * i}]}  # fmt: skip
+        event = c.Event(kind="probed", ts=ts, host=alias, worker="test", data=data)
+        await bus.publish_event(c.evt_host(alias, "probed"), event)
+
+
+async def _drive(
+    bus: Bus, settings: Any, hf_host: Any, node: str, base: str, base2: str, alias: str
+) -> None:
+    """Run dashboard.mjs, taking the host down and up when it asks; check its summary."""
+    proc = await asyncio.create_subprocess_exec(
+        node, str(browser_run.BROWSER_DIR / "dashboard.mjs"), base, base2, alias, REPO,
+        str(browser_run.SCREENSHOTS), cwd=stack.REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    err: list[str] = []
+
+    async def drive() -> None:
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            line = raw.decode(errors="replace")
+            err.append(line)
+            if line.strip() == "READY outage":
+                await _outage(bus, settings, hf_host)
+
+    try:
+        out, _, _ = await asyncio.wait_for(
+            asyncio.gather(proc.stdout.read(), drive(), proc.wait()), 240
+        )
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        pytest.fail("dashboard.mjs did not finish within 240 s\n" + "".join(err))
+    report = f"exit {proc.returncode}\nstdout:\n{out.decode()}\nstderr:\n{''.join(err)}"
+    summary = json.loads(out) if out.strip().startswith(b"{") else {}
+    assert proc.returncode == 0 and summary.get("ok") is True, report
+    assert summary["console_errors"] == [] and summary["http_errors"] == [], report
+    browser_run.assert_screenshots(summary, SHOTS, report)
+    entry = await bus.kv[c.SETTINGS_BUCKET].get(c.runtime_setting_key("health_poll_s"))
+    assert json.loads(entry.value or b"{}")["value"] == 9.0
 
 
 async def test_settings_form_validates_and_persists(settings: Any) -> None:

@@ -11,7 +11,7 @@ from app import overview_history as history
 from app import runtime_settings as rs
 from app.config import Settings
 from app.errors import BadRequest
-from app.sparkline import outage_bar, segments, sparkline
+from app.sparkline import bucketed, outage_bar, segments, sparkline
 
 
 def _points(svg: str) -> list[list[tuple[float, float]]]:
@@ -42,6 +42,15 @@ def test_sparkline_breaks_at_gaps_and_missing_values_single_samples_are_dots() -
     assert [len(r) for r in segments(samples, gap_s=60)] == [2, 1, 2]
     svg = str(sparkline(samples, 0, 600, gap_s=60))
     assert len(_points(svg)) == 2 and svg.count("<circle") == 1
+
+
+def test_sparkline_draws_at_most_one_point_per_column_averaging_each() -> None:
+    samples = [(float(t), float(t % 2) * 100) for t in range(3600)]  # a 1 s poll, 0/100/0/…
+    assert bucketed(samples, 0, 3600, 60)[0] == (29.5, 50.0)
+    svg = str(sparkline(samples, 0, 3600))
+    [line] = _points(svg)
+    assert len(line) == 60 and {y for _, y in line} == {14.0}  # every slot averages 50 %
+    assert bucketed([(1.0, None), (2.0, None)], 0, 60, 6) == [(1.5, None)]
 
 
 def test_sparkline_empty_and_label_escaped() -> None:
