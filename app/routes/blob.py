@@ -98,6 +98,8 @@ async def copy_model_fragment(state: State, request: Request[Any, Any, Any]) -> 
             "then_pull": {"host": dst, "path": dest}}  # fmt: skip
     job, _ = await jobs.submit(bus_of(state), settings, src, "push", args,
                                timeout_s=COPY_TIMEOUT_S, requested_by="page")  # fmt: skip
+    if fields.get("panel") == "plain":  # the transfers page: no host tile to refresh there
+        return Template("_dash_job.html", context={"job": job})
     return Template("_job_panel.html", context={"job": job})
 
 

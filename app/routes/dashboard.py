@@ -429,7 +429,9 @@ async def _transfers(bus: Bus) -> list[Transfer]:
 @get("/transfers")
 async def transfers_page(state: State) -> Template:
     """Downloads, pushes and pulls with progress, rate and ETA; a download form."""
-    context = {"transfers": await _transfers(bus_of(state)), "hosts": settings_of(state).aliases}
+    aliases = settings_of(state).aliases
+    context = {"transfers": await _transfers(bus_of(state)), "hosts": aliases,
+               "host_views": [SimpleNamespace(alias=a) for a in aliases]}  # fmt: skip
     return Template("transfers.html", context=context)
 
 

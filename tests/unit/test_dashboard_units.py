@@ -4,13 +4,18 @@ ring, and the runtime settings' validation and live application (no server)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from app import filters
 from app import overview_history as history
 from app import runtime_settings as rs
 from app.config import Settings
 from app.errors import BadRequest
+from app.routes.dashboard import Transfer
 from app.sparkline import bucketed, outage_bar, segments, sparkline
 
 
@@ -151,3 +156,44 @@ def test_follower_applies_and_reverts_and_tells_listeners() -> None:
     assert rs._decode("health_poll_s", b"junk") is None
     stored = rs._decode("health_restart_max", b'{"value": 4.0, "by": "page"}')
     assert stored is not None and stored.value == 4 and isinstance(stored.value, int)
+
+
+# --- the templates, under StrictUndefined with the app's filters ----------------------------
+
+
+@pytest.fixture(scope="module")
+def env() -> Environment:
+    root = Path(__file__).resolve().parents[2] / "templates"
+    env = Environment(loader=FileSystemLoader(str(root)), autoescape=True,
+                      undefined=StrictUndefined)  # fmt: skip
+    filters.register(SimpleNamespace(engine=env))
+    return env
+
+
+def test_transfers_page_renders_progress_and_the_copy_form(env: Environment) -> None:
+    t = Transfer(id="j1", action="download", host="spark1", state="running", created_at=1.0,
+                 what="org/m", progress={"bytes": 2_000_000, "total": 8_000_000,
+                                         "rate_bps": 1_000_000, "eta_s": 6.0,
+                                         "files_done": 1, "files_total": 4})  # fmt: skip
+    fresh = Transfer(id="j2", action="pull", host="spark2", state="queued", created_at=2.0,
+                     message="queued")  # fmt: skip
+    html = env.get_template("transfers.html").render(
+        transfers=[fresh, t],
+        hosts=["spark1", "spark2"],
+        host_views=[SimpleNamespace(alias=a) for a in ("spark1", "spark2")],
+    )
+    assert 'value="25.0"' in html and "2.0 MB of 8.0 MB" in html
+    assert '<span class="rate">1.0 MB/s</span>' in html and "ETA 6 s" in html
+    assert 'name="panel" value="plain"' in html and 'hx-confirm="Download this repo' in html
+    assert 'sse-swap="transfers"' in html and 'id="transfer-j2"' in html
+
+
+def test_transfer_shown_done_and_failed(env: Environment) -> None:
+    done = Transfer(id="j", action="push", host="h", state="succeeded", created_at=1.0)
+    assert done.pct == 100.0
+    html = env.get_template("_transfer.html").render(t=done)
+    assert 'data-state="succeeded"' in html and "100 %" in html and "rate" not in html
+    failed = Transfer(id="k", action="pull", host="h", state="failed", created_at=1.0,
+                      error="<boom>")  # fmt: skip
+    html = env.get_template("_transfer.html").render(t=failed, id_prefix="started")
+    assert 'id="started-k"' in html and "&lt;boom&gt;" in html and failed.pct is None
