@@ -536,6 +536,45 @@ async def settings_page(state: State) -> Template:
     return Template("settings.html", context={"rows": _setting_rows(state, stored)})
 
 
+@get("/settings/stream")
+async def settings_stream(state: State, request: Request[Any, Any, Any]) -> ServerSentEvent:
+    """``setting-<name>``: a setting's state again when its key in the bucket changes (a Save
+    on another page or replica)."""
+    bus = bus_of(state)
+    (state_t,) = _templates(request, "_setting_state.html")
+    dirty: set[str] = set()
+    wake = asyncio.Event()
+    prefix = f"{c.RUNTIME_KEY_PREFIX}."
+    watcher = await bus.kv[c.SETTINGS_BUCKET].watch(f"{prefix}>")
+
+    async def on_change() -> None:
+        async for entry in watcher:
+            if entry is not None and entry.key.removeprefix(prefix) in runtime_settings.SPECS:
+                dirty.add(entry.key.removeprefix(prefix))
+                wake.set()
+
+    async def flush(everything: bool) -> list[ServerSentEventMessage]:
+        names = set(runtime_settings.SPECS) if everything else set(dirty)
+        dirty.clear()
+        stored = await runtime_settings.read_all(bus)
+        rows = {r.spec.name: r for r in _setting_rows(state, stored)}
+        return [ServerSentEventMessage(event=f"setting-{n}",
+                                       data=_one_line(state_t.render(r=rows[n])))
+                for n in sorted(names)]  # fmt: skip
+
+    async def stream() -> AsyncIterator[ServerSentEventMessage]:
+        task = asyncio.create_task(on_change())
+        try:
+            async for message in _coalesced(wake, flush):
+                yield message
+        finally:
+            task.cancel()
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+    return ServerSentEvent(stream())
+
+
 async def _applied(state: State, name: str, want: Any) -> None:
     """Wait (briefly) for this replica's watcher to apply the change, so the page shows it."""
     settings = settings_of(state)
@@ -578,5 +617,5 @@ ROUTES = [
     overview_page, overview_stream, overview_probe,
     connectivity_page, connectivity_stream,
     transfers_page, transfers_stream, transfer_stream, transfer_download,
-    settings_page, setting_save, setting_reset,
+    settings_page, settings_stream, setting_save, setting_reset,
 ]  # fmt: skip

@@ -8,7 +8,7 @@
 // and waits for the driving test to take the host's sshd down and up again; the page must show
 // the outage and its transitions without a reload. Transfers: downloads <repo> from the form
 // (confirmed), its progress (rate, then 100 %) in place and in the list. Settings: saves
-// health_poll_s = 9 and finds it applied on the second web front. Then every page at phone width
+// health_poll_s = 9 and sees the second web front's open page show it applied. Then every page at phone width
 // (no horizontal overflow). One JSON summary on stdout; exit 1 on any failed check, console or
 // HTTP error; 2 on bad usage.
 
@@ -101,20 +101,26 @@ await h.run(async (browser, track) => {
   await waitOr(page, listed, 'the list shows it succeeded (live)');
   await shot(page, 'transfers.png');
 
-  // --- settings: saved here, applied on the second web front --------------------------------
+  // --- settings: saved here, applied on the second web front (its open page follows) -------
+  const other = await context.newPage();
+  watch(other, 'second front');
+  await other.goto(new URL('/settings', base2).toString(), { waitUntil: 'load' });
+  const otherState = '#setting-state-health_poll_s';
+  check('second front starts at the file value', (await other.locator(`${otherState} .applied`).innerText()).trim() === '15.0');
   await page.goto(url('/settings'), { waitUntil: 'load' });
+  await page.waitForTimeout(300); // the second page's stream is open by now
   await page.locator('#value-health_poll_s').fill('9');
   await page.locator('#setting-health_poll_s button[type=submit]').click();
   await waitOr(page, '#setting-out-health_poll_s .saved', 'saved note');
   const here = (await page.locator('#setting-state-health_poll_s .applied').innerText()).trim();
   check('applied on this web front', here === '9.0', here);
   await shot(page, 'settings.png');
-  const other = await context.newPage();
-  watch(other, 'second front');
-  await other.goto(new URL('/settings', base2).toString(), { waitUntil: 'load' });
-  const there = (await other.locator('#setting-state-health_poll_s .applied').innerText()).trim();
-  const stored = (await other.locator('#setting-state-health_poll_s .stored').innerText()).trim();
-  check('applied on the second web front', there === '9.0', there);
+  await other.waitForFunction(
+    (sel) => document.querySelector(sel)?.innerText.trim() === '9.0', `${otherState} .applied`, { timeout: WAIT_MS },
+  ).catch(() => {});
+  const there = (await other.locator(`${otherState} .applied`).innerText()).trim();
+  const stored = (await other.locator(`${otherState} .stored`).innerText()).trim();
+  check('applied on the second web front, its open page updated live', there === '9.0', there);
   check('the second front reads it from the bucket', stored.startsWith('9.0'), stored);
   await other.close();
   await page.close();
