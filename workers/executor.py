@@ -201,6 +201,12 @@ class Executor:
     def _limit(self, action: str, cmd: c.Command) -> float:
         return cmd.timeout_s or LONG_ACTIONS_S.get(action, self.settings.command_timeout_s)
 
+    async def _host_state(self, alias: str) -> c.HostState | None:
+        try:
+            return await self.bus.get_host_state(alias)
+        except (TimeoutError, nats.errors.Error):
+            return None
+
     def _note_delivery(self, host: HostConfig, msg: Msg, action: str) -> None:
         """What a probe read may be reused only while nothing could have changed the host:
         forget it on any other action, or when another replica took this host's previous
@@ -236,6 +242,7 @@ class Executor:
             work = asyncio.create_task(self._work(self.actions[job.action], ctx, timeout))
         lost = asyncio.Event()
         beat = asyncio.create_task(self._heartbeat(msg, lease, work, lost))
+        before = asyncio.create_task(self._host_state(host.alias))  # read while the job runs
 
         async def on_cancel(m: Msg) -> None:
             if not await runner.cancel():  # between commands: stop the action itself
@@ -276,9 +283,14 @@ class Executor:
         if job.action != "probe":  # what it changed makes earlier reads stale
             runner.memo.clear()
         state, result, error, code = outcome
+        # the host's state, the job's record, then its final event, in that order on the one
+        # connection: whoever sees the final event finds both written
+        host_write = asyncio.create_task(
+            host_outcome(self.bus, job, result, code, error, previous=await before)
+        )
+        await asyncio.sleep(0)
         _, host_events = await asyncio.gather(
-            self.ledger.finish_and_announce(lease, state, result, error, code),
-            host_outcome(self.bus, job, result, code, error),
+            self.ledger.finish_and_announce(lease, state, result, error, code), host_write
         )
         for subject, event in host_events:
             event.worker = self.worker

@@ -57,12 +57,22 @@ class HostRunners:
                 await transport.close()
 
 
+_FETCH = object()
+
+
 async def host_outcome(
-    bus: Bus, job: c.JobRecord, result: Any, code: str | None, error: str | None
+    bus: Bus,
+    job: c.JobRecord,
+    result: Any,
+    code: str | None,
+    error: str | None,
+    previous: Any = _FETCH,
 ) -> list[tuple[str, c.Event]]:
     """Write the host state a finished job implies; return the host events to publish after
     the job's final event. Only success (up) or failing to reach the host (down) says
-    anything about the host: a timeout or a failed command leaves its state alone."""
+    anything about the host: a timeout or a failed command leaves its state alone.
+    ``previous``: the host state read while the job ran (else it is read here); given, the
+    state's write is this coroutine's first message on the connection."""
     if code in UNREACHABLE_CODES:
         up = False
     elif code is None:
@@ -70,7 +80,8 @@ async def host_outcome(
     else:
         return []
     try:
-        previous = await bus.get_host_state(job.host)
+        if previous is _FETCH:
+            previous = await bus.get_host_state(job.host)
         t = c.now()
         probe = previous.probe if previous else None
         if job.action == "probe" and up and result is not None:
