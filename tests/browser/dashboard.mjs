@@ -6,7 +6,7 @@
 // Overview: the hour replayed at start is an SVG line; two Probes from the tile add samples
 // (the tile redrawn over the overview's SSE stream). Connectivity: prints "READY outage" on stderr
 // and waits for the driving test to take the host's sshd down and up again; the page must show
-// the outage and its transitions without a reload. Transfers: downloads <repo> from the form
+// the outage and its transitions without a reload, and an open overview its tile down, then up. Transfers: downloads <repo> from the form
 // (confirmed), its progress (rate, then 100 %) in place and in the list. Settings: saves
 // health_poll_s = 9 and sees the second web front's open page show it applied. Then every page at phone width
 // (no horizontal overflow). One JSON summary on stdout; exit 1 on any failed check, console or
@@ -77,10 +77,18 @@ await h.run(async (browser, track) => {
   const subj = `#subj-host-${cssId(alias)}`;
   check('connectivity lists the host', await page.locator(subj).isVisible());
   check('no outage yet', (await page.locator(subj).getAttribute('data-outages')) === '0');
-  await page.waitForTimeout(300); // let the SSE connection open before the outage
+  const ov = await context.newPage(); // the overview, open through the outage
+  watch(ov, 'overview during the outage');
+  await ov.goto(url('/'), { waitUntil: 'load' });
+  const turnsDown = ov.waitForSelector(`${tile} .ov-body.is-down`, { state: 'attached', timeout: 60_000 })
+    .then(() => true, () => false);
+  await page.waitForTimeout(300); // let the SSE connections open before the outage
   log('READY outage');
   process.stderr.write('READY outage\n');
   await waitOr(page, `${subj}[data-outages="1"][data-state="up"]`, 'the outage, over, shows on the timeline (live)', 60_000);
+  check('the overview tile turned down during the outage (live)', await turnsDown);
+  await waitOr(ov, `${tile} .ov-body:not(.is-down) .badge.up`, 'and up again after it');
+  await ov.close();
   check('the outage is drawn as a bar', await page.locator(`${subj} svg.outages rect.down`).count() === 1);
   const rows = await page.locator('table.transitions tbody tr').allInnerTexts();
   check('transitions list down then up', rows.length >= 2 && /\bup\b/.test(rows[0]) && /\bdown\b/.test(rows[1]), JSON.stringify(rows.slice(0, 3)));

@@ -59,7 +59,7 @@ async def _outage(bus: Bus, settings: Any, host: Any) -> None:
     host.stop()
     await _probe(bus, settings)
     await stack.wait_for(lambda: _host_up(bus, alias, False), timeout=15)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.5)  # longer than the pages' coalescing (0.5 s): the tile shows it
     host.start()
     assert await _probe(bus, settings) == "done"
     await stack.wait_for(lambda: _host_up(bus, alias, True), timeout=15)
