@@ -317,7 +317,8 @@ async def connect(settings: Settings, name: str, url: str | None = None) -> Bus:
     try:
         nc = await asyncio.wait_for(
             nats.connect(
-                server, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+                [u.strip() for u in server.split(",") if u.strip()], name=name,
+                max_reconnect_attempts=-1, reconnect_time_wait=0.25,
                 connect_timeout=2, allow_reconnect=True, drain_timeout=5,
                 disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error_cb,
                 **_auth(settings),
@@ -355,6 +356,8 @@ def _auth(settings: Settings) -> dict[str, Any]:
 
 
 def _safe_url(url: str) -> str:
-    """The URL without credentials, for messages."""
+    """The URL without credentials, for messages (each of a comma-separated list)."""
+    if "," in url:
+        return ",".join(_safe_url(u.strip()) for u in url.split(","))
     scheme, sep, rest = url.partition("://")
     return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url.rpartition("@")[2]

@@ -54,7 +54,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     allow_open_lan: bool = False
     """Serve beyond loopback without tokens (``SPARK_ALLOW_OPEN_LAN=1``); a banner on every page."""
     nats_url: str | None = None
-    """External NATS; when unset, ``spark-control up`` starts the embedded server."""
+    """External NATS (a cluster: its URLs comma-separated); when unset, ``spark-control up``
+    starts the embedded server."""
     nats_user: str | None = None
     """NATS user of this process (each part may have its own: deploy/nats.conf)."""
     nats_password: str | None = None
