@@ -27,7 +27,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage, Template
 from markupsafe import Markup
 
 from app import contracts as c
-from app import health, jobs, runtime_settings, services, shellsafe, swaplock
+from app import health, jobs, runtime_settings, services, shellsafe, statemirror, swaplock
 from app import overview_history as history
 from app.bus import Bus
 from app.config import HostConfig, Settings
@@ -59,6 +59,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     ring = history.History(settings.aliases)
     app.state.history = ring
     feed = asyncio.create_task(history.follow(app.state.bus, ring))
+    app.state.mirror = statemirror.StateMirror()
+    mirroring = asyncio.create_task(app.state.mirror.follow(app.state.bus))
 
     def proxy_limit(name: str, value: runtime_settings.Value) -> None:
         proxy = getattr(app.state, "proxy", None)
@@ -70,9 +72,10 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             app.state.runtime = f
             yield
     finally:
-        feed.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await feed
+        for task in (feed, mirroring):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 # --- shared -----------------------------------------------------------------------------------
@@ -177,7 +180,8 @@ def _chart(ring: history.History, alias: str, field: str, now: float, gap: float
 
 
 async def _endpoints(
-    bus: Bus, settings: Settings, models: dict[str, c.ModelState | None]
+    bus: Bus, settings: Settings, models: dict[str, c.ModelState | None],
+    state: State | None = None,
 ) -> list[dict[str, Any]]:
     """What ``GET /api/endpoints`` says, read concurrently (the model states the tiles already
     hold are reused): the overview's table must not cost a round-trip per host in a row."""
@@ -192,7 +196,11 @@ async def _endpoints(
                   "disabled": found.disabled(n)}
                  for n, svc in sorted(found.services.items())
                  if settings.host(svc.host) is not None]  # fmt: skip
-    healths = await asyncio.gather(*(health.get_endpoint(bus, r["name"]) for r in rows))
+    mirror = statemirror.of(state) if state is not None else None  # live streams read fresh
+    if mirror is not None:
+        healths = [mirror.endpoint(r["name"]) for r in rows]
+    else:
+        healths = await asyncio.gather(*(health.get_endpoint(bus, r["name"]) for r in rows))
     for r, h in zip(rows, healths, strict=True):
         r["state"] = "disabled" if r["disabled"] else (h.state if h else "unknown")
         r["since"] = h.since if h else None
@@ -203,15 +211,21 @@ async def _overview_context(state: State) -> dict[str, Any]:
     bus, settings = bus_of(state), settings_of(state)
     ring: history.History = state.history
     hosts = settings.hosts
-    states, models, lock = await asyncio.gather(
-        asyncio.gather(*(bus.get_host_state(h.alias) for h in hosts)),
-        asyncio.gather(*(bus.get_model_state(h.alias) for h in hosts)),
-        swaplock.status(bus),
-    )
+    mirror = statemirror.of(state)
+    if mirror is not None:  # the bucket in memory: no round-trip per host
+        states = [mirror.host(h.alias) for h in hosts]
+        models = [mirror.model(h.alias) for h in hosts]
+        lock = await swaplock.status(bus)
+    else:
+        states, models, lock = await asyncio.gather(
+            asyncio.gather(*(bus.get_host_state(h.alias) for h in hosts)),
+            asyncio.gather(*(bus.get_model_state(h.alias) for h in hosts)),
+            swaplock.status(bus),
+        )
     tiles = [_tile_view(settings, h, ring, st, m)
              for h, st, m in zip(hosts, states, models, strict=True)]  # fmt: skip
     by_alias = {h.alias: m for h, m in zip(hosts, models, strict=True)}
-    return {"tiles": tiles, "endpoints": await _endpoints(bus, settings, by_alias),
+    return {"tiles": tiles, "endpoints": await _endpoints(bus, settings, by_alias, state),
             "lock": lock}  # fmt: skip
 
 
