@@ -24,6 +24,7 @@ import msgspec
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 
+from app import health
 from app.bus import Bus
 from app.config import Settings
 from app.errors import BadRequest, SparkError, error_body
@@ -108,8 +109,9 @@ class Proxy:
             self.router.set_state(placed)
 
     def probe_service(self, name: str) -> None:
-        """A failing speech service gets a deep probe (its ``status`` job) now, at most every
-        PROBE_EVERY_S per service."""
+        """A failing speech service is checked now, at most every PROBE_EVERY_S per service:
+        the health loop's leader deep-probes it (a second of silence, which may restart a
+        wedged one within its policy), and a ``status`` job reads its container."""
         now = time.monotonic()
         if self.state is None or now - self._probed.get(name, -PROBE_EVERY_S) < PROBE_EVERY_S:
             return
@@ -118,6 +120,8 @@ class Proxy:
         async def run() -> None:
             from app.routes.services import submit_service_op
 
+            if self.bus is not None:
+                await health.request_deep_probe(self.bus, name)
             with contextlib.suppress(SparkError):
                 assert self.state is not None
                 await submit_service_op(self.state, name, "status", key=None,

@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from app import catalog, services
+from app import contracts as c
 from app.bus import connect
 from app.config import HostConfig, Settings
 from tests import stack
@@ -310,11 +311,13 @@ async def test_speech_upstream_500_is_503_with_retry_after_and_a_probe(
         "kokoro": {"image": "x/y", "port": svc.port, "kind": "tts", "host": HOST},
     })  # fmt: skip
     base, bus = await front()
+    deep = await bus.nc.subscribe(c.cmd_health_deep("kokoro"))  # the health leader's subject
     async with httpx.AsyncClient(timeout=10) as http:
         r = await http.post(
             f"{base}/v1/audio/speech", json={"model": "kokoro", "input": "hi", "voice": "af"}
         )
     assert r.status_code == 503 and r.headers["retry-after"] == "60"
+    await deep.next_msg(timeout=10)  # a deep probe was asked for at once
     assert r.json()["code"] == "UPSTREAM_FAILING"
 
     async def probe_job() -> bool:
