@@ -36,20 +36,30 @@ def fold_char(ch: str) -> str:
     return "".join(c if c.isascii() or c.isalnum() else OTHER for c in base)
 
 
-_ASCII_RUNS = re.compile(r"[\x00-\x7f]+")
+_ASCII_BYTES = bytes(range(128))
 
 
-def fold(text: str) -> tuple[str, list[int] | None]:
+def non_ascii(text: str) -> set[str]:
+    """The distinct non-ASCII characters of a text: its UTF-8 bytes without the ASCII ones
+    (no multi-byte sequence has one) decode to exactly those, at C speed."""
+    raw = text.encode("utf-8", "surrogatepass").translate(None, _ASCII_BYTES)
+    return set(raw.decode("utf-8", "surrogatepass"))
+
+
+def fold(
+    text: str, lowered: str | None = None, others: set[str] | None = None
+) -> tuple[str, list[int] | None]:
     """The folded text and, when folding changed its length, each folded char's source index
-    (None: positions are the same in both)."""
-    low = text.lower()
+    (None: positions are the same in both). ``lowered`` (``text.lower()``) and ``others``
+    (its distinct non-ASCII characters): when the caller has them already."""
+    low = text.lower() if lowered is None else lowered
     if low.isascii():
         return low, None
     if len(low) != len(text):  # a lower-casing that changes length (İ): char by char
         return _fold_each(text)
     # each distinct non-ASCII character whose fold keeps the length (é → e) is replaced in
     # one pass over the text; the others (ß → ss, a lone combining mark) are spliced in
-    folds = {ch: fold_char(ch) for ch in set(_ASCII_RUNS.sub("", low))}
+    folds = {ch: fold_char(ch) for ch in (non_ascii(low) if others is None else others)}
     splice: list[int] = []
     for ch, f in folds.items():
         if len(f) == 1:
@@ -90,17 +100,29 @@ def fold_key(value: str) -> str:
     return " ".join(fold(value)[0].split())
 
 
-def _pattern(folded: str) -> str:
-    body = r"\s+".join(re.escape(part) for part in folded.split())
-    head = r"(?<!\w)" if folded[0].isalnum() or folded[0] == "_" else ""
-    tail = r"(?!\w)" if folded[-1].isalnum() or folded[-1] == "_" else ""
-    return head + body + tail
+def _is_word(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def _group(first: str, keys: list[str]) -> re.Pattern[str]:
+    """One pattern for the keys that start with the word ``first`` (longest key first): the
+    word (a whole word: no word character before it), then each key's other words (any
+    whitespace between) as alternatives, tried in that order: one call per occurrence."""
+    head = re.escape(first)
+    if _is_word(first[0]):
+        head += r"(?<!\w" + re.escape(first) + ")"
+    rests = []
+    for key in keys:
+        rest = "".join(r"\s+" + re.escape(part) for part in key.split()[1:])
+        rests.append("(" + rest + (r"(?!\w)" if _is_word(key[-1]) else "") + ")")
+    return re.compile(head + "(?:" + "|".join(rests) + ")")
 
 
 class EntityMatcher:
-    """Known entities by the first word of their folded form: each is looked for with a plain
-    substring search (fast), then confirmed by its own anchored pattern (whitespace runs,
-    word boundaries). The longest candidate at a position wins."""
+    """Known entities grouped by the first word of their folded form: each first word is
+    looked for with a plain substring search (fast), then its group's pattern confirms one
+    of the keys there (whitespace runs, word boundaries). The longest key that matches at a
+    position wins."""
 
     def __init__(self, entities: tuple[tuple[str, str], ...]) -> None:
         by_key: dict[str, str] = {}
@@ -108,34 +130,58 @@ class EntityMatcher:
             key = fold_key(value)
             if key:
                 by_key.setdefault(key, kind)
-        self.by_first: dict[str, list[tuple[re.Pattern[str], str]]] = {}
+        by_first: dict[str, list[str]] = {}
         for key in sorted(by_key, key=len, reverse=True):
-            first = key.split(" ", 1)[0]
-            self.by_first.setdefault(first, []).append((re.compile(_pattern(key)), by_key[key]))
+            by_first.setdefault(key.split(" ", 1)[0], []).append(key)
+        self.groups: list[tuple[str, re.Pattern[str], tuple[str, ...], str | None]] = [
+            (first, _group(first, keys), ("", *(by_key[k] for k in keys)),
+             keys[0] if len(keys) == 1 else None)
+            for first, keys in by_first.items()
+        ]  # fmt: skip
+        """(first word, pattern, the type of each alternative by its group number, the key
+        when it is the group's only one)."""
 
     def find(self, text: str) -> list[EntityMatch]:
-        if not self.by_first:
+        """Every candidate match, overlaps included (the caller resolves them)."""
+        return [EntityMatch(*m) for m in self.matches(text)]
+
+    def matches(
+        self, text: str, lowered: str | None = None, others: set[str] | None = None
+    ) -> list[tuple[int, int, str]]:
+        """``find`` as plain (start, end, type) tuples; ``lowered`` and ``others`` as for
+        ``fold``, when the caller has them already."""
+        if not self.groups:
             return []
-        folded, index = fold(text)
-        out: list[EntityMatch] = []
-        for first, candidates in self.by_first.items():
+        folded, index = fold(text, lowered, others)
+        out: list[tuple[int, int, str]] = []
+        n = len(text)
+        last = len(folded) - 1
+        for first, pattern, kinds, only in self.groups:
+            head, tail = _is_word(first[0]), only is not None and _is_word(only[-1])
             pos = folded.find(first)
             while pos != -1:
-                for pattern, kind in candidates:
+                kind = None
+                if head and pos and _is_word(folded[pos - 1]):
+                    pass  # not a whole word: no key of the group matches here
+                elif only is not None and folded.startswith(only, pos):
+                    # the key as written (one space between words): the pattern would match
+                    # exactly this, if no word character follows
+                    b = pos + len(only)
+                    if not (tail and b <= last and _is_word(folded[b])):
+                        kind = kinds[1]
+                else:
                     m = pattern.match(folded, pos)
                     if m:
-                        out.append(self._span(text, index, m.start(), m.end(), kind))
-                        break
+                        b, kind = m.end(), kinds[m.lastindex or 0]
+                if kind is not None:
+                    a, b = (pos, b) if index is None else (index[pos], index[b - 1] + 1)
+                    # a decomposed accent belongs to the matched letter (every combining mark
+                    # is U+0300 or above: the comparison spares most lookups)
+                    while b < n and text[b] >= "\u0300" and unicodedata.combining(text[b]):
+                        b += 1
+                    out.append((a, b, kind))
                 pos = folded.find(first, pos + 1)
         return out
-
-    @staticmethod
-    def _span(text: str, index: list[int] | None, a: int, b: int, kind: str) -> EntityMatch:
-        if index is not None:
-            a, b = index[a], index[b - 1] + 1
-        while b < len(text) and unicodedata.combining(text[b]):
-            b += 1  # a decomposed accent belongs to the matched letter
-        return EntityMatch(a, b, kind)
 
 
 @lru_cache(maxsize=256)

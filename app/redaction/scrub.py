@@ -46,27 +46,33 @@ def refuse_tier1(planned: list[Planned]) -> None:
 
 
 def tier2_values(planned: list[Planned]) -> list[tuple[str, str]]:
-    return [(s.kind, p.text[s.start : s.end]) for p in planned for s in p.spans if s.tier == 2]
+    return [
+        (kind, text[start:end])
+        for text, spans in planned
+        for start, end, tier, kind in spans
+        if tier == 2
+    ]
 
 
 def render(p: Planned, tokens: Mapping[tuple[str, str], str]) -> Scrubbed:
     parts: list[str] = []
     used: dict[str, None] = {}
     pos = dropped = tokenized = 0
-    for s in p.spans:
-        if s.tier == 0:
+    text = p.text
+    for start, end, tier, kind in p.spans:
+        if tier == 0:
             continue
-        parts.append(p.text[pos : s.start])
-        if s.tier == 1:
+        parts.append(text[pos:start])
+        if tier == 1:
             parts.append(DROPPED)
             dropped += 1
         else:
-            token = tokens[(s.kind, p.text[s.start : s.end])]
+            token = tokens[(kind, text[start:end])]
             parts.append(token)
             used[token] = None
             tokenized += 1
-        pos = s.end
-    parts.append(p.text[pos:])
+        pos = end
+    parts.append(text[pos:])
     return Scrubbed("".join(parts), list(used), dropped, tokenized)
 
 
