@@ -18,7 +18,8 @@ import pytest
 
 from app.config import HostConfig, Settings
 from app.errors import AuthFailed, Cancelled, CommandTimeout, HostKeyRefused, HostUnreachable
-from tests.servers import _descendants, free_port
+from tests import stack
+from tests.servers import _descendants, free_port, sleepers
 from workers.probe import probe
 from workers.runner import ShellRunner
 from workers.transport import SshTransport
@@ -251,14 +252,22 @@ async def test_keepalive_notices_a_frozen_host(sshd_host: Any) -> None:
 
 
 async def test_command_running_when_the_connection_drops(sshd_host: Any, remote: Remote) -> None:
+    """The connection dies under a running command (its sshd session processes are killed; the
+    command itself is left alone, as when a network drops): the run fails as unreachable, and
+    the next command reconnects."""
     await remote.runner.run("true", timeout=10)
     task = asyncio.create_task(remote.runner.run("sleep 30", timeout=60))
-    await asyncio.sleep(0.3)
-    await asyncio.to_thread(sshd_host.stop)
+    await stack.wait_for(lambda: sleepers("30"), timeout=10)  # the command runs
+    for pid in _descendants(sshd_host.proc.pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().startswith("sshd"):  # sshd(-session)
+                os.kill(pid, signal.SIGKILL)
     with pytest.raises(HostUnreachable):
         await task
-    await asyncio.to_thread(sshd_host.start)
     assert (await remote.runner.run("echo again", timeout=10)).stdout == "again\n"
+    for pid in sleepers("30"):  # what the dead session left behind
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 async def test_probe_over_ssh_sees_shims(sshd_host: Any, remote: Remote) -> None:
