@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections import deque
@@ -55,6 +54,7 @@ class ModelFigures:
 class Metrics:
     def __init__(self, publish_every_s: float = PUBLISH_EVERY_S) -> None:
         self.publish_every_s = publish_every_s
+        self._stopping = False
         self.models: dict[str, ModelFigures] = {}
         self._task: asyncio.Task[None] | None = None
         self._changed = False
@@ -102,13 +102,15 @@ class Metrics:
         self._task = asyncio.create_task(self._publish_loop(bus))
 
     async def stop(self) -> None:
+        """End the loop. nats-py can swallow a cancel that lands inside a publish, so the loop
+        also checks a flag, and the wait is bounded."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait([self._task], timeout=5)
 
     async def _publish_loop(self, bus: Bus) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.publish_every_s)
             if not self._changed:
                 continue
