@@ -108,9 +108,8 @@ class HealthLoop:
                 await self._sub.unsubscribe()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:  # bounded: nats-py can swallow a cancel that lands inside a publish
+            await asyncio.wait(self._tasks, timeout=5)
         await self._step_down()
         if self.leader:
             with contextlib.suppress(Exception):

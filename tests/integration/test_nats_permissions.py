@@ -35,7 +35,9 @@ class ShippedNats(NatsServer):
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        self.passwords = {u: secrets.token_urlsafe(12) for u in USERS}
+        # as deploy/compose.env.example says: a letter, then hex (nats-server parses an
+        # environment value like a config value, so "9H…" is a bad number)
+        self.passwords = {u: "p" + secrets.token_hex(12) for u in USERS}
 
     def start(self) -> ShippedNats:
         conf = (stack.REPO / "deploy" / "nats.conf").read_text()
