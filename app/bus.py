@@ -202,11 +202,34 @@ class Bus:
         except nats.js.errors.KeyWrongLastSequenceError as exc:
             raise Conflict("job record changed concurrently") from exc
 
-    async def list_jobs(self, limit: int = 200) -> list[c.JobRecord]:
-        try:
-            keys = await self.jobs.keys()
-        except nats.js.errors.NoKeysError:
+    async def _job_keys(self) -> list[str]:
+        """Every job id in the bucket. Not ``KeyValue.keys()``: under load nats-py can decide
+        the bucket is empty when the server has already sent every key but none has been
+        handled yet (it compares the consumer's pending count with what it processed)."""
+        stream = f"KV_{c.JOBS_BUCKET}"
+        if not (await self.js.stream_info(stream)).state.messages:
             return []
+        prefix = f"$KV.{c.JOBS_BUCKET}."
+        sub = await self.js.subscribe(
+            f"{prefix}>", stream=stream, ordered_consumer=True, headers_only=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )  # fmt: skip
+        keys: list[str] = []
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=5)
+                if (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
+                    keys.append(msg.subject[len(prefix) :])
+                if msg.metadata.num_pending == 0:
+                    break
+        except nats.errors.TimeoutError:
+            pass  # what was there expired meanwhile
+        finally:
+            await sub.unsubscribe()
+        return keys
+
+    async def list_jobs(self, limit: int = 200) -> list[c.JobRecord]:
+        keys = await self._job_keys()
         found = await asyncio.gather(*(self.get_job(k) for k in keys))
         jobs = [j for j, _ in filter(None, found)]
         jobs.sort(key=lambda j: j.created_at, reverse=True)

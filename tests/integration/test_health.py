@@ -168,7 +168,8 @@ async def test_wedged_model_is_restarted_within_the_policy(setup: Any, ssh_host:
     vllm = c.vllm_endpoint(alias)
     subject = c.evt_service(vllm, "restart")
     async with stack.executor(settings) as bus, stack.web(settings) as base:
-        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        # the restart into the wedge may wait for its start-up verdict: room for a slow machine
+        async with httpx.AsyncClient(base_url=base, timeout=180) as client:
             await _swap(client, alias)
             ssh_host.sim_config(fail_mode="wedge", wedge_after_s=0.0)
             r = await client.post(f"/api/hosts/{alias}/restart")  # restart into the wedge
