@@ -240,6 +240,27 @@ def start_litellm(binary: str, upstream: int, root: Path) -> tuple[subprocess.Po
     return proc, port
 
 
+async def start_pair(
+    root: Path, nats: NatsServer, procs: list[subprocess.Popen[bytes]]
+) -> tuple[int, int]:
+    """The stub upstream and a web front (process) serving it as model ``MODEL``; both are
+    appended to ``procs``. Returns (upstream port, web port)."""
+    upstream = free_port()
+    procs.append(start_upstream(upstream))
+    await wait_http(f"http://127.0.0.1:{upstream}/v1/models", 10)
+    host = HostConfig(alias="bench", address="127.0.0.1", transport="local")
+    settings = stack.make_settings(root / "data", nats.url, [host], log_level="warning")
+    settings.bind_port = free_port()
+    config = stack.write_config(settings, root / "settings.yaml")
+    bus = await connect(settings, name="bench")
+    await bus.put_model_state(c.ModelState(host="bench", model=MODEL, port=upstream,
+                                           since=c.now()))  # fmt: skip
+    await bus.close()
+    procs.append(stack.part_process(config, "web"))
+    await wait_http(f"http://127.0.0.1:{settings.bind_port}/v1/models", 30)
+    return upstream, settings.bind_port
+
+
 def report(cells: dict[tuple[bool, int, str], dict[str, float]]) -> None:
     print(f"{'stream':>6} {'conc':>4} {'target':>14} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'+p50':>7} {'+p99':>7} {'ttft ms':>8} {'+ttft':>7} {'req/s':>8}")  # fmt: skip
@@ -266,21 +287,7 @@ async def main(n: int, litellm: str | None) -> None:
         root = Path(tmp)
         nats = NatsServer(root / "nats").start()
         try:
-            upstream = free_port()
-            procs.append(start_upstream(upstream))
-            await wait_http(f"http://127.0.0.1:{upstream}/v1/models", 10)
-
-            host = HostConfig(alias="bench", address="127.0.0.1", transport="local")
-            settings = stack.make_settings(root / "data", nats.url, [host], log_level="warning")
-            settings.bind_port = free_port()
-            config = stack.write_config(settings, root / "settings.yaml")
-            bus = await connect(settings, name="bench")
-            await bus.put_model_state(c.ModelState(host="bench", model=MODEL, port=upstream,
-                                                   since=c.now()))  # fmt: skip
-            await bus.close()
-            procs.append(stack.part_process(config, "web"))
-            web = settings.bind_port
-            await wait_http(f"http://127.0.0.1:{web}/v1/models", 30)
+            upstream, web = await start_pair(root, nats, procs)
             cells: dict[tuple[bool, int, str], dict[str, float]] = {}
             for name, port in (("direct", upstream), ("spark-control", web)):
                 for stream in (False, True):

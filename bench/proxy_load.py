@@ -20,14 +20,10 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-from proxy import MODEL, Conn, start_upstream, wait_http  # noqa: E402
+from proxy import MODEL, Conn, start_pair  # noqa: E402
 
 from app import aio  # noqa: E402
-from app import contracts as c  # noqa: E402
-from app.bus import connect  # noqa: E402
-from app.config import HostConfig  # noqa: E402
-from tests import stack  # noqa: E402
-from tests.servers import NatsServer, free_port  # noqa: E402
+from tests.servers import NatsServer  # noqa: E402
 
 BODY = (
     b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "stream": true, '
@@ -77,23 +73,11 @@ async def main(clients: int, total: int) -> None:
         root = Path(tmp)
         nats = NatsServer(root / "nats").start()
         try:
-            upstream = free_port()
-            procs.append(start_upstream(upstream))
-            await wait_http(f"http://127.0.0.1:{upstream}/v1/models", 10)
-            host = HostConfig(alias="bench", address="127.0.0.1", transport="local")
-            settings = stack.make_settings(root / "data", nats.url, [host], log_level="warning")
-            settings.bind_port = free_port()
-            config = stack.write_config(settings, root / "settings.yaml")
-            bus = await connect(settings, name="bench")
-            await bus.put_model_state(c.ModelState(host="bench", model=MODEL, port=upstream,
-                                                   since=c.now()))  # fmt: skip
-            await bus.close()
-            web = stack.part_process(config, "web")
-            procs.append(web)
-            await wait_http(f"http://127.0.0.1:{settings.bind_port}/v1/models", 30)
+            upstream, web_port = await start_pair(root, nats, procs)
+            web = procs[-1]
             idle = peak_rss_mib(web.pid)
             direct = await load(upstream, clients, total)
-            proxied = await load(settings.bind_port, clients, total)
+            proxied = await load(web_port, clients, total)
             peak = peak_rss_mib(web.pid)
         finally:
             for proc in procs:

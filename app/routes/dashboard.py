@@ -105,6 +105,19 @@ async def _unsubscribe(subs: list[Any]) -> None:
             await s.unsubscribe()
 
 
+async def _coalesced_until_closed(
+    wake: asyncio.Event,
+    flush: Callable[[bool], Awaitable[list[ServerSentEventMessage]]],
+    subs: list[Any],
+) -> AsyncIterator[ServerSentEventMessage]:
+    """``_coalesced`` for a page stream, dropping its subscriptions when the client leaves."""
+    try:
+        async for message in _coalesced(wake, flush):
+            yield message
+    finally:
+        await _unsubscribe(subs)
+
+
 async def _coalesced(
     wake: asyncio.Event, flush: Callable[[bool], Awaitable[list[ServerSentEventMessage]]]
 ) -> AsyncIterator[ServerSentEventMessage]:
@@ -361,14 +374,7 @@ async def connectivity_stream(state: State, request: Request[Any, Any, Any]) -> 
         html = body_t.render(**await _connectivity_context(state))
         return [ServerSentEventMessage(event="connectivity", data=_one_line(html))]
 
-    async def stream() -> AsyncIterator[ServerSentEventMessage]:
-        try:
-            async for message in _coalesced(wake, flush):
-                yield message
-        finally:
-            await _unsubscribe(subs)
-
-    return ServerSentEvent(stream())
+    return ServerSentEvent(_coalesced_until_closed(wake, flush, subs))
 
 
 # --- transfers ----------------------------------------------------------------------------------
@@ -482,14 +488,7 @@ async def transfers_stream(state: State, request: Request[Any, Any, Any]) -> Ser
         html = list_t.render(transfers=items[:TRANSFERS_SHOWN])
         return [ServerSentEventMessage(event="transfers", data=_one_line(html))]
 
-    async def stream() -> AsyncIterator[ServerSentEventMessage]:
-        try:
-            async for message in _coalesced(wake, flush):
-                yield message
-        finally:
-            await _unsubscribe(subs)
-
-    return ServerSentEvent(stream())
+    return ServerSentEvent(_coalesced_until_closed(wake, flush, subs))
 
 
 @get("/transfers/{job_id:str}/stream")
