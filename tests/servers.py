@@ -566,9 +566,13 @@ class SeaweedS3(_Process):
         raise RuntimeError("no free admin port pair")
 
     def start(self, timeout: float = 60) -> SeaweedS3:
-        p = _free_ports(8)
-        admin, admin_grpc = self._admin_ports()
-        self.s3_port, self._ports = p[6], [*p, admin, admin_grpc]
+        """Start on fresh ports, or on the previous ones after a stop (see ``restart``)."""
+        if not self._ports:
+            admin, admin_grpc = self._admin_ports()
+            self._ports = [*_free_ports(8), admin, admin_grpc]
+        p = self._ports
+        admin, admin_grpc = p[8], p[9]
+        self.s3_port = p[6]
         flags = {
             "dir": self.data_dir, "ip": "127.0.0.1", "ip.bind": "127.0.0.1",
             "master.port": p[0], "master.port.grpc": p[1],
@@ -589,6 +593,11 @@ class SeaweedS3(_Process):
                 raise RuntimeError(f"weed S3 never listened on {self.s3_port}; log:\n{tail}")
             time.sleep(0.02)
         return self
+
+    def restart(self) -> SeaweedS3:
+        """Stop and start again on the same ports and data (URLs signed before stay valid)."""
+        self.stop()
+        return self.start()
 
     def _cleanup(self) -> None:
         """Remove the unix sockets weed leaves in /tmp (named after its ports)."""
