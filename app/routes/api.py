@@ -9,14 +9,14 @@ import msgspec
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery
-from litestar.response import Response, ServerSentEvent
+from litestar.response import Response, Stream
 
 from app import contracts as c
 from app import health, jobs, swaplock
 from app.config import Settings
 from app.errors import BadRequest, UnknownHost
 from app.routes.deps import bus_of, settings_of
-from app.sse import as_json, job_stream, last_event_id, open_job
+from app.sse import as_json, event_stream, job_stream, last_event_id, open_job
 
 BODY_LIMIT = 64 * 1024
 
@@ -111,11 +111,11 @@ async def cancel_job(state: State, job_id: FromPath[str]) -> dict[str, Any]:
 @get(["/api/jobs/{job_id:str}/events", "/api/swap/{job_id:str}/stream"])
 async def job_events(
     state: State, request: Request[Any, Any, Any], job_id: FromPath[str]
-) -> ServerSentEvent:
+) -> Stream:
     bus = bus_of(state)
     after = last_event_id(request.headers.get("last-event-id"))
     sub = await open_job(bus, job_id, after)  # 404 before the stream starts
-    return ServerSentEvent(job_stream(bus, job_id, after, as_json, sub=sub))
+    return event_stream(job_stream(bus, job_id, after, as_json, sub=sub))
 
 
 @get("/api/hosts/{host:str}/model")

@@ -23,7 +23,7 @@ import nats.js.errors
 from litestar import Litestar, Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
-from litestar.response import ServerSentEvent, ServerSentEventMessage, Template
+from litestar.response import ServerSentEventMessage, Stream, Template
 from markupsafe import Markup
 
 from app import contracts as c
@@ -34,7 +34,7 @@ from app.config import HostConfig, Settings
 from app.errors import BadRequest, SparkError
 from app.routes.deps import bus_of, settings_of
 from app.sparkline import outage_bar, sparkline
-from app.sse import open_job
+from app.sse import event_stream, open_job
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ async def overview_page(state: State) -> Template:
 
 
 @get("/overview/stream")
-async def overview_stream(state: State, request: Request[Any, Any, Any]) -> ServerSentEvent:
+async def overview_stream(state: State, request: Request[Any, Any, Any]) -> Stream:
     """``tile-<alias>`` (a tile's body), ``services`` (the table) and ``lock`` (the banner)."""
     bus, settings = bus_of(state), settings_of(state)
     ring: history.History = state.history
@@ -316,7 +316,7 @@ async def overview_stream(state: State, request: Request[Any, Any, Any]) -> Serv
                 await lock_watch.stop()
             await _unsubscribe(subs)
 
-    return ServerSentEvent(stream())
+    return event_stream(stream())
 
 
 @post("/overview/{host:str}/probe", status_code=200)
@@ -363,7 +363,7 @@ async def connectivity_page(state: State) -> Template:
 
 
 @get("/connectivity/stream")
-async def connectivity_stream(state: State, request: Request[Any, Any, Any]) -> ServerSentEvent:
+async def connectivity_stream(state: State, request: Request[Any, Any, Any]) -> Stream:
     """``connectivity``: the page's body again after a transition or report."""
     bus = bus_of(state)
     (body_t,) = _templates(request, "_connectivity_body.html")
@@ -374,7 +374,7 @@ async def connectivity_stream(state: State, request: Request[Any, Any, Any]) -> 
         html = body_t.render(**await _connectivity_context(state))
         return [ServerSentEventMessage(event="connectivity", data=_one_line(html))]
 
-    return ServerSentEvent(_coalesced_until_closed(wake, flush, subs))
+    return event_stream(_coalesced_until_closed(wake, flush, subs))
 
 
 # --- transfers ----------------------------------------------------------------------------------
@@ -456,7 +456,7 @@ async def transfers_page(state: State) -> Template:
 
 
 @get("/transfers/stream")
-async def transfers_stream(state: State, request: Request[Any, Any, Any]) -> ServerSentEvent:
+async def transfers_stream(state: State, request: Request[Any, Any, Any]) -> Stream:
     """``transfers``: the list again when a transfer job has an event."""
     bus = bus_of(state)
     (list_t,) = _templates(request, "_transfer_list.html")
@@ -488,13 +488,13 @@ async def transfers_stream(state: State, request: Request[Any, Any, Any]) -> Ser
         html = list_t.render(transfers=items[:TRANSFERS_SHOWN])
         return [ServerSentEventMessage(event="transfers", data=_one_line(html))]
 
-    return ServerSentEvent(_coalesced_until_closed(wake, flush, subs))
+    return event_stream(_coalesced_until_closed(wake, flush, subs))
 
 
 @get("/transfers/{job_id:str}/stream")
 async def transfer_stream(
     state: State, request: Request[Any, Any, Any], job_id: FromPath[str]
-) -> ServerSentEvent:
+) -> Stream:
     """One transfer's progress row after each of its events, then ``end``."""
     bus = bus_of(state)
     sub = await open_job(bus, job_id, 0)
@@ -510,7 +510,7 @@ async def transfer_stream(
             if event.kind in c.FINAL_KINDS:
                 yield ServerSentEventMessage(event="end", data="", id=seq)
 
-    return ServerSentEvent(stream())
+    return event_stream(stream())
 
 
 @post("/transfers/download", status_code=200, request_max_body_size=FORM_LIMIT)
@@ -550,7 +550,7 @@ async def settings_page(state: State) -> Template:
 
 
 @get("/settings/stream")
-async def settings_stream(state: State, request: Request[Any, Any, Any]) -> ServerSentEvent:
+async def settings_stream(state: State, request: Request[Any, Any, Any]) -> Stream:
     """``setting-<name>``: a setting's state again when its key in the bucket changes (a Save
     on another page or replica)."""
     bus = bus_of(state)
@@ -585,7 +585,7 @@ async def settings_stream(state: State, request: Request[Any, Any, Any]) -> Serv
             with contextlib.suppress(Exception):
                 await watcher.stop()
 
-    return ServerSentEvent(stream())
+    return event_stream(stream())
 
 
 async def _applied(state: State, name: str, want: Any) -> None:

@@ -15,11 +15,12 @@ import nats.errors
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromQuery
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import ServerSentEventMessage, Stream
 
 from app import contracts as c
 from app import health, metrics
 from app.routes.deps import bus_of, settings_of
+from app.sse import event_stream
 
 REPORT_LIMIT = 16 * 1024
 
@@ -50,7 +51,7 @@ async def connectivity(state: State, days: FromQuery[float] = 1.0) -> dict[str, 
 
 
 @get("/api/health/events")
-async def health_events(state: State) -> ServerSentEvent:
+async def health_events(state: State) -> Stream:
     """Live host and endpoint events as SSE (``event`` = ``<scope>.<name>.<kind>``, JSON data);
     for pages that redraw tiles without polling. Not replayed: read the state endpoints first."""
     bus = bus_of(state)
@@ -87,7 +88,7 @@ async def health_events(state: State) -> ServerSentEvent:
                 with contextlib.suppress(nats.errors.Error):
                     await s.unsubscribe()
 
-    return ServerSentEvent(stream())
+    return event_stream(stream())
 
 
 @get("/metrics", media_type=metrics.CONTENT_TYPE)

@@ -12,7 +12,7 @@ import jinja2
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery
-from litestar.response import ServerSentEvent, ServerSentEventMessage, Template
+from litestar.response import ServerSentEventMessage, Stream, Template
 
 from app import catalog, jobs, services, swaplock
 from app import contracts as c
@@ -22,7 +22,7 @@ from app.errors import BadRequest
 from app.routes import services as services_api
 from app.routes import swap
 from app.routes.deps import bus_of, settings_of
-from app.sse import last_event_id, open_job
+from app.sse import event_stream, last_event_id, open_job
 
 FORM_LIMIT = 16 * 1024
 MODEL_ACTIONS = frozenset({"swap", "stop"})
@@ -69,7 +69,7 @@ async def job_fragments(
     request: Request[Any, Any, Any],
     job_id: FromPath[str],
     oob: FromQuery[bool] = False,
-) -> ServerSentEvent:
+) -> Stream:
     """The job's events as ``_event.html`` fragments, then an ``end`` event. With ``oob`` the
     final one also re-renders the job's header in place, and what the page that started the
     job shows of its host: the tile (hosts page: probes) or, for a swap or stop (models page),
@@ -107,7 +107,7 @@ async def job_fragments(
             if event.kind in c.FINAL_KINDS:
                 yield ServerSentEventMessage(data="", event="end", id=seq)
 
-    return ServerSentEvent(fragments())
+    return event_stream(fragments())
 
 
 async def _host_view(bus: Bus, host: HostConfig) -> SimpleNamespace:
