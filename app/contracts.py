@@ -190,6 +190,12 @@ are split into several messages on the reply subject; the last carries ``Spark-C
 many) and ``Spark-Bytes`` (the whole body's length). Wire shapes: app/signer/shapes.py."""
 CHUNKS_HEADER = "Spark-Chunks"
 CHUNK_BYTES_HEADER = "Spark-Bytes"
+ANSWER_HEADER = "Spark-Answer"
+"""On a request to the signer, ``Spark-Answer: compact`` asks for a multipart answer's compact
+form (part-URL template + raw signatures; app/signer/compact.py), which the web front expands;
+every message of such an answer carries the same header. Without it the answer is the full
+JSON, so other bus clients see no change."""
+ANSWER_COMPACT = "compact"
 
 
 def evt_blob(namespace: str, kind: str) -> str:

@@ -2,7 +2,9 @@
 the ``spark-blob-signer`` queue group; run any number of replicas).
 
 The namespace is the subject's last token; NATS permissions fence who may publish to which.
-Answers over the server's max payload go back in chunks (app/signer/chunks.py). Every signing
+Answers over the server's max payload go back in chunks (app/signer/chunks.py); a requester
+that asks (``Spark-Answer: compact``, as the web front does) gets a multipart answer in its
+compact form (app/signer/compact.py). Every signing
 is audited on ``spark.evt.blob.<namespace>.signed`` before the answer's last message leaves; the
 S3 secret never leaves this process.
 """
@@ -88,10 +90,13 @@ async def answer(bus: Bus, signer: Signer, worker: str, req: Request) -> None:
         async def publish(data: bytes, headers: dict[str, str]) -> None:
             await req.respond(data, headers=headers)  # each publishes to the reply subject
 
-        writer = chunks.ChunkWriter(publish, bus.nc.max_payload)
+        compact = signed.multipart and (req.headers or {}).get(c.ANSWER_HEADER) == c.ANSWER_COMPACT
+        form = {c.ANSWER_HEADER: c.ANSWER_COMPACT} if compact else None
+        writer = chunks.ChunkWriter(publish, bus.nc.max_payload, form)
         try:
-            for piece in signed.pieces():
+            for piece in signed.compact_pieces() if compact else signed.pieces():
                 await writer.write(piece)
+                await asyncio.sleep(0)  # the audit's publish and other requests move meanwhile
         finally:
             await audited  # recorded before the answer's last message leaves, even on failure
         await writer.close()

@@ -1,6 +1,7 @@
 """``POST /api/v1/blob/sign``: a bearer token names the namespace; the signing happens in the
-blob-signer worker over the bus, so the web front never holds S3 credentials. The answer is
-streamed on to the client chunk by chunk as the signer sends it.
+blob-signer worker over the bus, so the web front never holds S3 credentials. A multipart
+answer comes in its compact form (template + signatures, app/signer/compact.py) and is expanded
+here into the full JSON; any other answer is streamed on chunk by chunk as the signer sends it.
 
 Also the dashboard's "copy model to host": a ``push`` on one host that queues a ``pull`` onto
 another when done (workers/transfer.py), through the store and presigned URLs."""
@@ -23,9 +24,12 @@ from app import jobs, shellsafe
 from app.config import Settings
 from app.errors import BadRequest, SparkError, Unauthorized
 from app.routes.deps import bus_of, settings_of
-from app.signer import chunks
+from app.signer import chunks, compact
 from app.signer.paths import prefix_for
 from app.signer.shapes import MAX_REQUEST_BYTES, ErrorAnswer
+
+ASK_COMPACT = {c.ANSWER_HEADER: c.ANSWER_COMPACT}
+"""The front asks for multipart answers in compact form and expands them itself."""
 
 
 def namespace_of(settings: Settings, authorization: str | None) -> str:
@@ -50,7 +54,9 @@ async def sign_blob(state: State, request: Request[Any, Any, Any]) -> Response[A
     body = await request.body()
     stack = contextlib.AsyncExitStack()
     reply = await stack.enter_async_context(
-        chunks.request(bus_of(state).nc, c.blob_sign(namespace), body, settings.signer_timeout_s)
+        chunks.request(
+            bus_of(state).nc, c.blob_sign(namespace), body, settings.signer_timeout_s, ASK_COMPACT
+        )
     )
     if reply.error is not None:
         await stack.aclose()
@@ -59,6 +65,10 @@ async def sign_blob(state: State, request: Request[Any, Any, Any]) -> Response[A
         except msgspec.DecodeError as exc:
             raise SparkError("the blob signer failed") from exc
         return Response({"error": err.error, "code": err.code}, status_code=err.status or 500)
+    if reply.compact:  # read whole (one message for 10,000 parts), expanded, sent as one body
+        async with stack:
+            data = await reply.body()
+        return Response(compact.expand(data), media_type=MediaType.JSON, status_code=200)
 
     async def relay() -> AsyncIterator[bytes]:
         """Chunks go on to the client as they arrive; a damaged answer aborts the response."""

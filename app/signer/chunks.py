@@ -3,7 +3,8 @@ each at most the server's max payload, and reassembled (or streamed on) by the r
 
 Every message carries ``Spark-Chunk: <i>`` (0-based); the last also ``Spark-Chunks: <n>`` and
 ``Spark-Bytes``, the whole body's length (NATS over TCP keeps each message intact and in order;
-the index and the totals catch a message dropped to a slow consumer). The sender publishes each
+the index and the totals catch a message dropped to a slow consumer). Headers the sender adds
+(``Spark-Answer: compact``, app/signer/compact.py) are on every message. The sender publishes each
 chunk as soon as it is full, so a 10,000-part answer (about 4 MB; NATS's default max payload is
 1 MB, never raised here) starts moving while its later parts are still being signed. A small
 answer is one message, so ``nats req`` sees it whole.
@@ -31,8 +32,11 @@ Publish = Callable[[bytes, dict[str, str]], Awaitable[None]]
 class ChunkWriter:
     """Cuts a body written piece by piece into messages of at most ``max_payload``."""
 
-    def __init__(self, publish: Publish, max_payload: int) -> None:
+    def __init__(
+        self, publish: Publish, max_payload: int, headers: dict[str, str] | None = None
+    ) -> None:
         self._publish = publish
+        self._headers = headers or {}  # on every message (e.g. the answer's form)
         self._size = max(1024, max_payload - HEADROOM)
         self._buf = bytearray()
         self._index = self._bytes = 0
@@ -43,13 +47,14 @@ class ChunkWriter:
         while len(self._buf) >= self._size:
             chunk = bytes(self._buf[: self._size])
             del self._buf[: self._size]
-            await self._publish(chunk, {c.CHUNK_HEADER: str(self._index)})
+            await self._publish(chunk, {**self._headers, c.CHUNK_HEADER: str(self._index)})
             self._index += 1
             await asyncio.sleep(0)  # let the connection's flusher send it now
 
     async def close(self) -> None:
         """Send what is left as the last message (possibly empty), with the totals."""
         headers = {
+            **self._headers,
             c.CHUNK_HEADER: str(self._index),
             c.CHUNKS_HEADER: str(self._index + 1),
             c.CHUNK_BYTES_HEADER: str(self._bytes),
@@ -65,6 +70,8 @@ class Reply:
         self._first, self._queue, self._wait_s = first, queue, wait_s
         headers = first.headers or {}
         self.error: bytes | None = first.data if headers.get("Nats-Service-Error") else None
+        self.compact = headers.get(c.ANSWER_HEADER) == c.ANSWER_COMPACT
+        """The body is a compact answer (app/signer/compact.py), not the full JSON."""
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body's pieces in order; SparkError (BAD_CHUNKS) if one is missing or the total
@@ -95,9 +102,16 @@ class Reply:
 
 
 @contextlib.asynccontextmanager
-async def request(nc: NatsClient, subject: str, body: bytes, wait_s: float) -> AsyncIterator[Reply]:
-    """Send a request and yield its Reply once the first message is in; the subscription
-    lives as long as the context. BusUnavailable when no signer answers, or not in time."""
+async def request(
+    nc: NatsClient,
+    subject: str,
+    body: bytes,
+    wait_s: float,
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[Reply]:
+    """Send a request (with ``headers``, if any) and yield its Reply once the first message is
+    in; the subscription lives as long as the context. BusUnavailable when no signer answers,
+    or not in time."""
     inbox = nc.new_inbox()
     queue: asyncio.Queue[Msg] = asyncio.Queue()
 
@@ -106,7 +120,7 @@ async def request(nc: NatsClient, subject: str, body: bytes, wait_s: float) -> A
 
     sub = await nc.subscribe(inbox, cb=on_msg)
     try:
-        await nc.publish(subject, body, reply=inbox)
+        await nc.publish(subject, body, reply=inbox, headers=headers)
         try:
             async with asyncio.timeout(wait_s):
                 first = await queue.get()

@@ -17,6 +17,7 @@ import msgspec
 
 from app.config import Settings
 from app.errors import BadRequest, Forbidden, StoreUnavailable
+from app.signer import compact
 from app.signer import shapes as s
 from app.signer.paths import check_rel_path, normalise, prefix_for
 from app.signer.sigv4 import Addressing, Credentials, Presigner
@@ -59,16 +60,35 @@ class Signed:
             return
         at = encoded.index(_PART_URLS) + len(_PART_URLS) - 1
         yield encoded[:at]
-        a, p, upload_id = self.audit, self.presigner, self.answer.upload_id
+        a = self.audit
+        signer = self.presigner.part_signer(
+            a.bucket, a.key, self.answer.upload_id, self.ttl, self.now
+        )
         for first in range(1, self.parts + 1, batch):
-            count = min(batch, self.parts - first + 1)
-            urls = p.part_urls(a.bucket, a.key, upload_id, count, self.ttl, self.now, first)
+            urls = signer.urls(first, min(batch, self.parts - first + 1))
             text = msgspec.json.encode(urls)[1:-1]
             yield text if first == 1 else b"," + text
         yield encoded[at:]
 
     def body(self) -> bytes:
         return b"".join(self.pieces())
+
+    @property
+    def multipart(self) -> bool:
+        return isinstance(self.answer, s.MultipartAnswer) and self.presigner is not None
+
+    def compact_pieces(self, batch: int = 1000) -> Iterator[bytes]:
+        """The answer's compact form (app/signer/compact.py): the head, then the raw part
+        signatures batch by batch; the front expands it to exactly ``body()``."""
+        if not isinstance(self.answer, s.MultipartAnswer) or self.presigner is None:
+            raise TypeError("only a multipart answer has a compact form")
+        a = self.audit
+        signer = self.presigner.part_signer(
+            a.bucket, a.key, self.answer.upload_id, self.ttl, self.now
+        )
+        yield compact.head(self.answer, signer.template, self.parts)
+        for first in range(1, self.parts + 1, batch):
+            yield signer.signatures(first, min(batch, self.parts - first + 1))
 
 
 def plan_of(req: s.SignRequest) -> s.Plan:

@@ -110,6 +110,22 @@ class SingleAnswer(msgspec.Struct, rename="camel"):
     uri: str
 
 
+class PartUrl(msgspec.Struct):
+    """Part n's URL: ``prefix``, n in decimal, ``suffix``, its signature in lower-case hex."""
+
+    prefix: str
+    suffix: str
+
+
+class CompactHead(msgspec.Struct, rename="camel"):
+    """Head of a multipart answer's compact form (app/signer/compact.py): the answer with
+    ``partUrls`` empty, the part-URL template and how many parts follow as raw signatures."""
+
+    answer: MultipartAnswer
+    part_url: PartUrl
+    parts: int
+
+
 class ErrorAnswer(msgspec.Struct):
     """Refusals, over HTTP and on the bus alike (the bus adds the HTTP status)."""
 

@@ -95,6 +95,68 @@ class _Frame:
     base: str
 
 
+@dataclass(frozen=True)
+class PartTemplate:
+    """Every part URL of one upload and clock: ``prefix``, the part number in decimal,
+    ``suffix``, then the signature in lower-case hex. Not a secret: no key is in it."""
+
+    prefix: str
+    suffix: str
+
+    def url(self, part: int, signature: bytes) -> str:
+        return f"{self.prefix}{part}{self.suffix}{signature.hex()}"
+
+
+class PartSigner:
+    """Signs the parts of one multipart upload for one clock. Built once per answer: the
+    canonical request's shared prefix is hashed once, as are the HMAC key's inner and outer
+    pads and the string to sign up to the canonical hash; per part only copies of those
+    states are updated."""
+
+    def __init__(
+        self, template: PartTemplate, prefix: bytes, rest: bytes, key: bytes, sts_head: bytes
+    ) -> None:
+        self.template = template
+        self._prefix = hashlib.sha256(prefix)
+        self._rest = rest
+        self._inner, self._outer = _hmac_pads(key)
+        self._inner.update(sts_head)
+
+    def __repr__(self) -> str:
+        return f"PartSigner(prefix={self.template.prefix!r})"
+
+    def signatures(self, first: int, count: int) -> bytes:
+        """Raw 32-byte signatures of parts ``first``..``first + count - 1``, concatenated."""
+        prefix, rest, inner, outer = self._prefix, self._rest, self._inner, self._outer
+        sigs: list[bytes] = []
+        append = sigs.append
+        for n in range(first, first + count):
+            h = prefix.copy()
+            h.update(b"%d%b" % (n, rest))
+            i = inner.copy()
+            i.update(h.hexdigest().encode())
+            o = outer.copy()
+            o.update(i.digest())
+            append(o.digest())
+        return b"".join(sigs)
+
+    def urls(self, first: int, count: int) -> list[str]:
+        """The URLs of parts ``first``..``first + count - 1``."""
+        prefix, rest, inner, outer = self._prefix, self._rest, self._inner, self._outer
+        start, end = self.template.prefix, self.template.suffix
+        urls: list[str] = []
+        append = urls.append
+        for n in range(first, first + count):
+            h = prefix.copy()
+            h.update(b"%d%b" % (n, rest))
+            i = inner.copy()
+            i.update(h.hexdigest().encode())
+            o = outer.copy()
+            o.update(i.digest())
+            append(f"{start}{n}{end}{o.hexdigest()}")
+        return urls
+
+
 class Presigner:
     """Presigns S3 requests for one endpoint, region and identity."""
 
@@ -205,29 +267,25 @@ class Presigner:
     ) -> list[str]:
         """PUT URLs of parts ``first``..``first + parts - 1`` of a multipart upload (S3
         ``UploadPart``); a big answer is signed in batches with the same ``now``."""
+        return self.part_signer(bucket, key, upload_id, expires_s, now).urls(first, parts)
+
+    def part_signer(
+        self, bucket: str, key: str, upload_id: str, expires_s: int, now: float | None = None
+    ) -> PartSigner:
+        """What signs the parts of one upload: its URLs, or only its template and the raw
+        signatures (the compact answer)."""
         f = self._frame("PUT", bucket, key, expires_s, now)
         uid = _q(upload_id)
         # Lower-case names sort after every ``X-Amz-*``: the canonical query is the sorted
-        # X-Amz part, then partNumber, then uploadId. The shared prefix is hashed once.
+        # X-Amz part, then partNumber, then uploadId.
         sorted_amz = "&".join(f"{k}={v}" for k, v in sorted(f.amz_enc))
-        prefix = hashlib.sha256(f"{f.head}{sorted_amz}&partNumber=".encode())
-        rest = f"&uploadId={uid}{f.tail}".encode()
-        # HMAC by hand: the key's inner and outer pads are hashed once, as is the string to
-        # sign up to the canonical hash; per URL only copies of those states are updated.
-        inner, outer = _hmac_pads(f.key)
-        inner.update(f.sts_head.encode())
-        start, end = f"{f.base}uploadId={uid}&partNumber=", f"&{f.amz_query}&X-Amz-Signature="
-        urls: list[str] = []
-        append = urls.append
-        for n in range(first, first + parts):
-            h = prefix.copy()
-            h.update(b"%d%b" % (n, rest))
-            i = inner.copy()
-            i.update(h.hexdigest().encode())
-            o = outer.copy()
-            o.update(i.digest())
-            append(f"{start}{n}{end}{o.hexdigest()}")
-        return urls
+        return PartSigner(
+            PartTemplate(f"{f.base}uploadId={uid}&partNumber=", f"&{f.amz_query}&X-Amz-Signature="),
+            prefix=f"{f.head}{sorted_amz}&partNumber=".encode(),
+            rest=f"&uploadId={uid}{f.tail}".encode(),
+            key=f.key,
+            sts_head=f.sts_head.encode(),
+        )
 
     def get_url(self, bucket: str, key: str, expires_s: int, now: float | None = None) -> str:
         return self.presign("GET", bucket, key, (), expires_s, now)

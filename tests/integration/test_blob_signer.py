@@ -1,6 +1,7 @@
 """The blob signer end to end: HTTP front → NATS → signer worker → SeaweedFS, which checks
 every signature. Multipart and single uploads through the signed URLs, refusals by the store,
-every rule with its status and code, both request shapes, a chunked 10,000-part answer."""
+every rule with its status and code, both request shapes, a chunked 10,000-part answer, and
+the compact form the web front asks for and expands (a damaged one is a clear 5xx)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from app import contracts as c
 from app.bus import connect
 from app.config import HostConfig, Settings
 from app.errors import BusUnavailable
-from app.signer import chunks
+from app.signer import chunks, compact
 from app.signer.sigv4 import Credentials, Presigner
 from tests import stack
 from tests.servers import NatsServer, SeaweedS3, free_port
@@ -571,3 +572,130 @@ async def test_documented_permissions_fence_namespaces(
                 await nc.close()
     finally:
         server.close()
+
+
+# --- the compact form (Spark-Answer: compact), as the web front asks for it ---------------
+
+
+async def test_compact_10000_part_answer_over_nats_is_one_message_of_the_signed_urls(
+    front: tuple[str, Settings], s3_store: SeaweedS3
+) -> None:
+    _, settings = front
+    bus = await connect(settings, name="test-compact")
+    try:
+        body = msgspec.json.encode({"rel_path": "projects/ns-a/big/c.bin", "op": mp(10_000)})
+        inbox = bus.nc.new_inbox()
+        sub = await bus.nc.subscribe(inbox)
+        ask = {c.ANSWER_HEADER: c.ANSWER_COMPACT}
+        await bus.nc.publish(c.blob_sign("ns-a"), body, reply=inbox, headers=ask)
+        msg = await sub.next_msg(timeout=30)
+        headers = msg.headers or {}
+        assert (headers[c.CHUNK_HEADER], headers[c.CHUNKS_HEADER]) == ("0", "1")  # one message
+        assert headers[c.ANSWER_HEADER] == c.ANSWER_COMPACT
+        data = msg.data
+        assert len(data) == int(headers[c.CHUNK_BYTES_HEADER]) < bus.nc.max_payload
+        assert s3_store.secret_key.encode() not in data
+        ans = msgspec.json.decode(compact.expand(data))
+        urls = ans["partUrls"]
+        query = parse_qs(urlsplit(urls[0]).query)
+        stamp = time.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
+        now = float(time.mktime(stamp) - time.timezone)
+        ref = Presigner(
+            Credentials(s3_store.access_key, s3_store.secret_key),
+            s3_store.region,
+            s3_store.endpoint_url,
+        )
+        bucket = settings.s3_bucket or ""
+        key = "projects/ns-a/big/c.bin"
+        assert urls == ref.part_urls(
+            bucket, key, ans["uploadId"], 10_000, settings.signer_ttl_s, now
+        )
+        assert ans["completeUrl"] == ref.complete_url(
+            bucket, key, ans["uploadId"], settings.signer_ttl_s, now
+        )
+    finally:
+        await bus.close()
+
+
+async def test_http_answer_from_the_compact_form_works_against_the_store(
+    front: tuple[str, Settings],
+) -> None:
+    """The front asks for the compact form and expands it: part 1, 5,000 and 10,000 upload,
+    a part URL with another part's signature does not."""
+    base, _ = front
+    async with httpx.AsyncClient(timeout=60) as client:
+        r = await sign(client, base, {"rel_path": "projects/ns-a/big3.bin", "op": mp(10_000)})
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("application/json")
+        ans = r.json()
+        urls = ans["partUrls"]
+        assert len(urls) == 10_000 and ans["kind"] == "s3_multipart"
+        for n in (1, 5000, 10_000):
+            put = await client.put(urls[n - 1], content=b"part %d" % n)
+            assert put.status_code == 200, put.text
+        swapped = urls[1][:-64] + urls[2][-64:]
+        assert (await client.put(swapped, content=b"x")).status_code == 403
+        listed = await client.get(ans["listPartsUrl"])
+        assert listed.status_code == 200 and listed.text.count("<PartNumber>") == 3
+
+
+@pytest.fixture
+async def fake_signer_front(
+    tmp_path: Path, nats_server: Any, s3_store: SeaweedS3, bucket: str
+) -> AsyncIterator[tuple[str, list[tuple[bytes, dict[str, str]]]]]:
+    """The web front with a stand-in signer that answers each request with the next
+    (body, headers) of the list the test fills."""
+    settings = signer_settings(tmp_path, nats_server.url, s3_store, bucket)
+    answers: list[tuple[bytes, dict[str, str]]] = []
+    nc = await nats.connect(nats_server.url)
+
+    async def on_request(msg: Any) -> None:
+        data, headers = answers.pop(0)
+        await nc.publish(msg.reply, data, headers=headers)
+
+    await nc.subscribe(c.BLOB_SIGN_WILDCARD, cb=on_request)
+    await nc.flush()
+    try:
+        async with stack.web(settings) as base:
+            yield base, answers
+    finally:
+        await nc.close()
+
+
+def one_message(data: bytes, **extra: str) -> tuple[bytes, dict[str, str]]:
+    headers = {c.ANSWER_HEADER: c.ANSWER_COMPACT, c.CHUNK_HEADER: "0", c.CHUNKS_HEADER: "1",
+               c.CHUNK_BYTES_HEADER: str(len(data))}  # fmt: skip
+    headers.update(extra)
+    return data, headers
+
+
+async def test_malformed_or_short_compact_answer_is_a_clear_5xx(
+    fake_signer_front: tuple[str, list[tuple[bytes, dict[str, str]]]],
+) -> None:
+    base, answers = fake_signer_front
+    head = msgspec.json.encode(
+        {
+            "answer": {"kind": "s3_multipart", "uri": "s3://b/k", "uploadId": "u",
+                       "partSizeBytes": 5 * MIB, "partUrls": [], "completeUrl": "c",
+                       "abortUrl": "a", "listPartsUrl": "l", "expiresAt": "e"},
+            "partUrl": {"prefix": "http://s/b/k?uploadId=u&partNumber=", "suffix": "&S="},
+            "parts": 3,
+        }
+    )  # fmt: skip
+    cases = [
+        (one_message(head + b"\n" + bytes(64)), 502, "BAD_COMPACT"),  # a signature short
+        (one_message(b"{torn head\n" + bytes(96)), 502, "BAD_COMPACT"),
+        (one_message(head), 502, "BAD_COMPACT"),  # no newline, no signatures
+        (one_message(head + b"\n" + bytes(96), **{c.CHUNK_BYTES_HEADER: "999"}), 500, "BAD_CHUNKS"),
+    ]
+    async with httpx.AsyncClient(timeout=30) as client:
+        for answer, status, code in cases:
+            answers.append(answer)
+            r = await sign(client, base, {"rel_path": "projects/ns-a/k", "op": mp(3)})
+            assert r.status_code == status, r.text
+            assert r.json() == {"error": r.json()["error"], "code": code}
+            assert "Traceback" not in r.text
+        answers.append(one_message(head + b"\n" + bytes(96)))  # a whole one still expands
+        r = await sign(client, base, {"rel_path": "projects/ns-a/k", "op": mp(3)})
+        assert r.status_code == 200
+        assert r.json()["partUrls"][2] == "http://s/b/k?uploadId=u&partNumber=3&S=" + "00" * 32
