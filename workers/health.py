@@ -333,11 +333,15 @@ class HealthLoop:
         data: dict[str, Any] = {"decision": "requested" if go else "skipped", "reason": reason,
                                 "restarts_in_window": len(ep.restarts)}  # fmt: skip
         if go:
+            # counted in the state before the job is queued: a leader killed in between leaves
+            # a restart counted but not made, never one the next leader makes again
+            ep.restarts.append(now)
+            await self.bus.state.put(c.endpoint_state_key(ep.name), c.encode(ep))
             try:
                 job = await self._submit_restart(ep)
-                ep.restarts.append(now)
                 data.update(job_id=job.id, restarts_in_window=len(ep.restarts))
             except SparkError as exc:
+                ep.restarts.pop()
                 data.update(decision="failed", reason=f"{exc.code}: {exc.message}"[:300])
         await self._publish(ep.name, "restart", message=data["reason"], data=data)
 
