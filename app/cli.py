@@ -36,6 +36,8 @@ async def _web(settings: Settings) -> None:
     config = uvicorn.Config(
         create_app(settings, bus), host=settings.bind_host, port=settings.bind_port,
         log_level=settings.log_level, lifespan="on",
+        # access lines are INFO: above that level uvicorn would format each one for nothing
+        access_log=settings.log_level in ("debug", "info"),
     )  # fmt: skip
     await uvicorn.Server(config).serve()
 
