@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import msgspec
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
@@ -61,6 +60,7 @@ class Proxy:
         self.bus = bus
         self.state = state
         self.client = fw.new_client(settings)
+        self.lean = fw.new_lean_client(settings)
         self.router = Router(settings, bus, self.client)
         self.metrics = Metrics()
         self.scheduler = Scheduler(
@@ -82,6 +82,7 @@ class Proxy:
         await self.scheduler.stop()
         await self.metrics.stop()
         await self.router.stop()
+        await self.lean.close()
         await self.client.close()
 
     def _placement_changed(self) -> None:
@@ -384,15 +385,15 @@ class Proxy:
         lease: Lease | None,
         label: str,
         watch: bool,
-    ) -> tuple[aiohttp.ClientResponse, fw.Done]:
+    ) -> tuple[fw.UpstreamResponse, fw.Done]:
         """Send to the upstream; the response (body unread) and the callback that ends the
         request's bookkeeping (lease, figures) exactly once."""
         metrics = self.metrics
         metrics.started(label)
         try:
             resp = await fw.open_upstream(
-                self.client, request, target.base_url + path, content, length=length,
-                watch=watch,
+                self.client, self.lean, request, target.base_url + path, content,
+                length=length, watch=watch,
             )  # fmt: skip
         except BaseException:
             if lease is not None:
