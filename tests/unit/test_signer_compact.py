@@ -119,6 +119,7 @@ MALFORMED = {
     "one signature short": _good()[:-32],
     "half a signature short": _good()[:-16],
     "one byte extra": _good() + b"x",
+    "one signature extra": _good() + bytes(32),
     "no parts": _swap_head(_good(), parts=0)[:-96],
     "too many parts": _swap_head(_good(), parts=10_001),
     "part urls already filled": _swap_head(
