@@ -160,8 +160,9 @@ class Proxy:
                 if target.source != "state" or target.host is None or target.key is None:
                     return target, None
                 lease = self.scheduler.try_admit(target.host, target.key)
-                if lease is None:
-                    lease = await wait(target.key, target.host)
+                if lease is not None:  # admitted at once, where the table says it runs
+                    return target, lease
+                lease = await wait(target.key, target.host)
                 return self._placed(target.key, lease), lease
             found = router.recipe(name)
             if found is not None:

@@ -21,6 +21,8 @@ from multidict import CIMultiDict
 
 IDLE_S = 60.0
 """A pooled connection unused this long is closed rather than reused."""
+COPY_MAX = 256 * 1024
+"""A request body up to this size is joined to its head (one buffer is the fastest write)."""
 HIGH_WATER = 256 * 1024
 """Unread body bytes above this pause reading from the upstream (a slow client slows it)."""
 
@@ -248,7 +250,8 @@ class Client:
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
         parts += (b"\r\n", body)
-        message = b"".join(parts)
+        # one write; a large body (images in chat) goes beside the head rather than copied
+        message = b"".join(parts) if len(body) <= COPY_MAX else [b"".join(parts[:-1]), body]
         conn = self._take((host, port))
         if conn is not None:
             try:
@@ -262,10 +265,13 @@ class Client:
                 # request, so it goes once more on a new connection
         return await self._send(await self._connect((host, port)), message)
 
-    async def _send(self, conn: _Connection, message: bytes) -> Response:
+    async def _send(self, conn: _Connection, message: bytes | list[bytes]) -> Response:
         assert conn.transport is not None
         try:
-            conn.transport.write(message)
+            if isinstance(message, bytes):
+                conn.transport.write(message)
+            else:
+                conn.transport.writelines(message)
             return await conn.wait_response()
         except BaseException:
             conn.finish(reuse=False)

@@ -220,3 +220,15 @@ async def test_silence_past_the_read_timeout() -> None:
     finally:
         await client.close()
         await server.close()
+
+
+async def test_a_large_body_arrives_whole(client: Client) -> None:
+    server = Server(fixed(b"{}"))
+    base = await server.start()
+    body = bytes(range(256)) * 2048  # 512 KiB: sent beside the head, not joined to it
+    try:
+        resp = await client.request("POST", f"{base}/x", [], body)
+        assert await resp.read() == b"{}"
+        assert server.requests[0][1].endswith(b"\r\n\r\n" + body)
+    finally:
+        await server.close()
