@@ -644,7 +644,8 @@ async def fake_signer_front(
     tmp_path: Path, nats_server: Any, s3_store: SeaweedS3, bucket: str
 ) -> AsyncIterator[tuple[str, list[tuple[bytes, dict[str, str]]]]]:
     """The web front with a stand-in signer that answers each request with the next
-    (body, headers) of the list the test fills."""
+    (body, headers) of the list the test fills (and the ones after it, up to the message with
+    ``Spark-Chunks``)."""
     settings = signer_settings(tmp_path, nats_server.url, s3_store, bucket)
     answers: list[tuple[bytes, dict[str, str]]] = []
     nc = await nats.connect(nats_server.url)
@@ -652,6 +653,9 @@ async def fake_signer_front(
     async def on_request(msg: Any) -> None:
         data, headers = answers.pop(0)
         await nc.publish(msg.reply, data, headers=headers)
+        while answers and c.CHUNK_HEADER in headers and c.CHUNKS_HEADER not in headers:
+            data, headers = answers.pop(0)  # the rest of a chunked answer
+            await nc.publish(msg.reply, data, headers=headers)
 
     await nc.subscribe(c.BLOB_SIGN_WILDCARD, cb=on_request)
     await nc.flush()
@@ -699,3 +703,18 @@ async def test_malformed_or_short_compact_answer_is_a_clear_5xx(
         r = await sign(client, base, {"rel_path": "projects/ns-a/k", "op": mp(3)})
         assert r.status_code == 200
         assert r.json()["partUrls"][2] == "http://s/b/k?uploadId=u&partNumber=3&S=" + "00" * 32
+
+
+async def test_front_relays_a_full_answer_from_a_signer_without_the_compact_form(
+    fake_signer_front: tuple[str, list[tuple[bytes, dict[str, str]]]],
+) -> None:
+    """A signer that ignores ``Spark-Answer: compact`` (an older replica) answers in full, in
+    chunks: the front streams that on unchanged."""
+    base, answers = fake_signer_front
+    full = msgspec.json.encode({"kind": "s3_multipart", "partUrls": ["u1", "u2", "u3"]})
+    answers.append((full[:10], {c.CHUNK_HEADER: "0"}))
+    answers.append((full[10:], {c.CHUNK_HEADER: "1", c.CHUNKS_HEADER: "2",
+                                c.CHUNK_BYTES_HEADER: str(len(full))}))  # fmt: skip
+    async with httpx.AsyncClient(timeout=30) as client:
+        r = await sign(client, base, {"rel_path": "projects/ns-a/k", "op": mp(3)})
+    assert r.status_code == 200 and r.content == full
