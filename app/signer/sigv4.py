@@ -103,9 +103,6 @@ class PartTemplate:
     prefix: str
     suffix: str
 
-    def url(self, part: int, signature: bytes) -> str:
-        return f"{self.prefix}{part}{self.suffix}{signature.hex()}"
-
 
 class PartSigner:
     """Signs the parts of one multipart upload for one clock. Built once per answer: the
