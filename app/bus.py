@@ -46,6 +46,11 @@ RETRYABLE = (
 )
 
 
+SUBMIT_RETRY_S = 5.0
+"""How long a submit retries its command (and its ``accepted`` event) before BUS_UNAVAILABLE:
+an HTTP request never waits the whole ``publish_retry_s``."""
+
+
 @dataclass
 class Bus:
     """A connected client with JetStream and the project's buckets."""
@@ -149,17 +154,21 @@ class Bus:
         if lock_token:
             headers[c.LOCK_TOKEN_HEADER] = lock_token
         ack = await self._js_publish(
-            c.cmd_host(host, action), c.encode(command), headers, retry_s=5.0
+            c.cmd_host(host, action), c.encode(command), headers, retry_s=SUBMIT_RETRY_S
         )
         return not ack.duplicate
 
-    async def publish_event(self, subject: str, event: c.Event, msg_id: str | None = None) -> int:
-        """Publish an event and wait for the stream to hold it, riding out a NATS restart.
+    async def publish_event(
+        self, subject: str, event: c.Event, msg_id: str | None = None, retry_s: float | None = None
+    ) -> int:
+        """Publish an event and wait for the stream to hold it, riding out a NATS restart
+        (retrying up to ``retry_s``, default ``publish_retry_s``).
 
         ``msg_id`` makes a retried publish idempotent. Returns the stream sequence.
         """
         headers = {MSG_ID: msg_id} if msg_id else None
-        ack = await self._js_publish(subject, c.encode(event), headers, self.publish_retry_s)
+        wait = self.publish_retry_s if retry_s is None else retry_s
+        ack = await self._js_publish(subject, c.encode(event), headers, wait)
         return int(ack.seq)
 
     async def _js_publish(

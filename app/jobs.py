@@ -16,7 +16,7 @@ import msgspec
 import nats.errors
 
 from app import contracts as c
-from app.bus import Bus
+from app.bus import SUBMIT_RETRY_S, Bus
 from app.config import Settings
 from app.errors import (
     BadRequest,
@@ -83,14 +83,21 @@ async def submit(
     command = c.Command(
         job_id=job_id, args=args or {}, requested_by=requested_by, timeout_s=timeout_s
     )
-    try:  # sent in this order on one connection, acknowledged together
-        await asyncio.gather(
-            bus.publish_event(c.evt_job(job_id, "accepted"), accepted, f"{job_id}.accepted"),
-            bus.publish_command(host, action, command, msg_id=job_id, lock_token=lock_token),
-        )
-    except SparkError as exc:
-        await _fail_unqueued(bus, job, exc)
-        raise
+    # sent in this order on one connection, acknowledged together; the command decides: once
+    # it is in the stream the job runs, even if its "accepted" event could not be stored
+    event, queued = await asyncio.gather(
+        bus.publish_event(
+            c.evt_job(job_id, "accepted"), accepted, f"{job_id}.accepted", retry_s=SUBMIT_RETRY_S
+        ),
+        bus.publish_command(host, action, command, msg_id=job_id, lock_token=lock_token),
+        return_exceptions=True,
+    )
+    if isinstance(queued, SparkError):
+        await _fail_unqueued(bus, job, queued)
+        raise queued
+    for outcome in (queued, event):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, SparkError):
+            raise outcome
     return job, True
 
 
@@ -113,7 +120,9 @@ async def _fail_unqueued(bus: Bus, job: c.JobRecord, exc: SparkError) -> None:
             message=exc.message,
             code=exc.code,
         )
-        await bus.publish_event(c.evt_job(job.id, "failed"), event, f"{job.id}.final")
+        await bus.publish_event(
+            c.evt_job(job.id, "failed"), event, f"{job.id}.final", retry_s=SUBMIT_RETRY_S
+        )
 
 
 async def get(bus: Bus, job_id: str) -> c.JobRecord:
