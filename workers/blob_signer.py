@@ -4,9 +4,10 @@ the ``spark-blob-signer`` queue group; run any number of replicas).
 The namespace is the subject's last token; NATS permissions fence who may publish to which.
 Answers over the server's max payload go back in chunks (app/signer/chunks.py); a requester
 that asks (``Spark-Answer: compact``, as the web front does) gets a multipart answer in its
-compact form (app/signer/compact.py). Every signing
-is audited on ``spark.evt.blob.<namespace>.signed`` before the answer's last message leaves; the
-S3 secret never leaves this process.
+compact form (app/signer/compact.py), its signatures split with a helper process on another core
+(app/signer/helper.py). Every signing is audited on ``spark.evt.blob.<namespace>.signed`` before
+the answer's last message leaves; the S3 secret never leaves this process (the helper gets only
+the day's derived signing key, over a pipe).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -25,6 +27,7 @@ from app.bus import Bus
 from app.config import Settings
 from app.errors import BadRequest, SparkError
 from app.signer import chunks
+from app.signer.helper import Helper
 from app.signer.service import Audit, Signer
 from app.signer.shapes import ErrorAnswer
 from workers.runtime import register, run_until_stopped
@@ -39,6 +42,9 @@ DRAIN_S = 10.0
 async def start(bus: Bus, settings: Settings, worker: str) -> Callable[[], Awaitable[None]]:
     signer = Signer(settings)
     await signer.open()
+    helper = Helper()
+    if (os.cpu_count() or 1) > 1:  # a second core: big answers are signed on both
+        await helper.start()
     service = await register(bus, c.SIGNER_SERVICE, worker, "presigns S3 URLs per namespace")
 
     in_flight: set[asyncio.Task[None]] = set()
@@ -48,7 +54,7 @@ async def start(bus: Bus, settings: Settings, worker: str) -> Callable[[], Await
         """Each request in its own task, so a slow store call does not hold up the others;
         at most IN_FLIGHT at once (the subscription waits for a free slot)."""
         await slots.acquire()
-        task = asyncio.create_task(answer(bus, signer, worker, req))
+        task = asyncio.create_task(answer(bus, signer, worker, req, helper))
         in_flight.add(task)
         task.add_done_callback(done)
 
@@ -70,12 +76,15 @@ async def start(bus: Bus, settings: Settings, worker: str) -> Callable[[], Await
         await service.stop()
         if in_flight:
             await asyncio.wait(in_flight, timeout=DRAIN_S)
+        await helper.close()
         await signer.close()
 
     return teardown
 
 
-async def answer(bus: Bus, signer: Signer, worker: str, req: Request) -> None:
+async def answer(
+    bus: Bus, signer: Signer, worker: str, req: Request, helper: Helper | None = None
+) -> None:
     """Sign, audit, reply; a refusal is one error message. Never raises (a bad message must not
     stop the worker)."""
     try:
@@ -94,9 +103,14 @@ async def answer(bus: Bus, signer: Signer, worker: str, req: Request) -> None:
         form = {c.ANSWER_HEADER: c.ANSWER_COMPACT} if compact else None
         writer = chunks.ChunkWriter(publish, bus.nc.max_payload, form)
         try:
-            for piece in signed.compact_pieces() if compact else signed.pieces():
-                await writer.write(piece)
-                await asyncio.sleep(0)  # the audit's publish and other requests move meanwhile
+            if compact:
+                parts = signed.part_signer()
+                await writer.write(signed.compact_head(parts))
+                await writer.write(await (helper or Helper()).signatures(parts, signed.parts))
+            else:
+                for piece in signed.pieces():
+                    await writer.write(piece)
+                    await asyncio.sleep(0)  # the audit's publish and other requests move
         finally:
             await audited  # recorded before the answer's last message leaves, even on failure
         await writer.close()

@@ -20,7 +20,7 @@ from app.errors import BadRequest, Forbidden, StoreUnavailable
 from app.signer import compact
 from app.signer import shapes as s
 from app.signer.paths import check_rel_path, normalise, prefix_for
-from app.signer.sigv4 import Addressing, Credentials, Presigner
+from app.signer.sigv4 import Addressing, Credentials, PartSigner, Presigner
 from app.signer.store import Store
 
 
@@ -60,10 +60,7 @@ class Signed:
             return
         at = encoded.index(_PART_URLS) + len(_PART_URLS) - 1
         yield encoded[:at]
-        a = self.audit
-        signer = self.presigner.part_signer(
-            a.bucket, a.key, self.answer.upload_id, self.ttl, self.now
-        )
+        signer = self.part_signer()
         for first in range(1, self.parts + 1, batch):
             urls = signer.urls(first, min(batch, self.parts - first + 1))
             text = msgspec.json.encode(urls)[1:-1]
@@ -77,16 +74,24 @@ class Signed:
     def multipart(self) -> bool:
         return isinstance(self.answer, s.MultipartAnswer) and self.presigner is not None
 
-    def compact_pieces(self, batch: int = 1000) -> Iterator[bytes]:
-        """The answer's compact form (app/signer/compact.py): the head, then the raw part
-        signatures batch by batch; the front expands it to exactly ``body()``."""
+    def part_signer(self) -> PartSigner:
         if not isinstance(self.answer, s.MultipartAnswer) or self.presigner is None:
-            raise TypeError("only a multipart answer has a compact form")
+            raise TypeError("only a multipart answer has part URLs")
         a = self.audit
-        signer = self.presigner.part_signer(
+        return self.presigner.part_signer(
             a.bucket, a.key, self.answer.upload_id, self.ttl, self.now
         )
-        yield compact.head(self.answer, signer.template, self.parts)
+
+    def compact_head(self, signer: PartSigner) -> bytes:
+        """The compact form's head line (app/signer/compact.py); the raw part signatures of
+        ``signer`` follow it, part 1 first. The front expands the two to exactly ``body()``."""
+        assert isinstance(self.answer, s.MultipartAnswer)
+        return compact.head(self.answer, signer.template, self.parts)
+
+    def compact_pieces(self, batch: int = 1000) -> Iterator[bytes]:
+        """The whole compact form, signed here batch by batch."""
+        signer = self.part_signer()
+        yield self.compact_head(signer)
         for first in range(1, self.parts + 1, batch):
             yield signer.signatures(first, min(batch, self.parts - first + 1))
 

@@ -104,20 +104,30 @@ class PartTemplate:
     suffix: str
 
 
+@dataclass(frozen=True)
+class PartRecipe:
+    """What a PartSigner is built from, as bytes (so a helper process can build the same one):
+    the canonical request up to the part number and after it, the day's signing key, the
+    string to sign up to the canonical hash. ``repr`` never shows the key."""
+
+    prefix: bytes
+    rest: bytes
+    key: bytes = field(repr=False)
+    sts_head: bytes
+
+
 class PartSigner:
     """Signs the parts of one multipart upload for one clock. Built once per answer: the
     canonical request's shared prefix is hashed once, as are the HMAC key's inner and outer
     pads and the string to sign up to the canonical hash; per part only copies of those
     states are updated."""
 
-    def __init__(
-        self, template: PartTemplate, prefix: bytes, rest: bytes, key: bytes, sts_head: bytes
-    ) -> None:
-        self.template = template
-        self._prefix = hashlib.sha256(prefix)
-        self._rest = rest
-        self._inner, self._outer = _hmac_pads(key)
-        self._inner.update(sts_head)
+    def __init__(self, template: PartTemplate, recipe: PartRecipe) -> None:
+        self.template, self.recipe = template, recipe
+        self._prefix = hashlib.sha256(recipe.prefix)
+        self._rest = recipe.rest
+        self._inner, self._outer = _hmac_pads(recipe.key)
+        self._inner.update(recipe.sts_head)
 
     def __repr__(self) -> str:
         return f"PartSigner(prefix={self.template.prefix!r})"
@@ -278,10 +288,12 @@ class Presigner:
         sorted_amz = "&".join(f"{k}={v}" for k, v in sorted(f.amz_enc))
         return PartSigner(
             PartTemplate(f"{f.base}uploadId={uid}&partNumber=", f"&{f.amz_query}&X-Amz-Signature="),
-            prefix=f"{f.head}{sorted_amz}&partNumber=".encode(),
-            rest=f"&uploadId={uid}{f.tail}".encode(),
-            key=f.key,
-            sts_head=f.sts_head.encode(),
+            PartRecipe(
+                prefix=f"{f.head}{sorted_amz}&partNumber=".encode(),
+                rest=f"&uploadId={uid}{f.tail}".encode(),
+                key=f.key,
+                sts_head=f.sts_head.encode(),
+            ),
         )
 
     def get_url(self, bucket: str, key: str, expires_s: int, now: float | None = None) -> str:
