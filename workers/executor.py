@@ -25,7 +25,7 @@ from app import contracts as c
 from app import swaplock
 from app.bus import MSG_ID, Bus
 from app.config import HostConfig, Settings
-from app.errors import Cancelled, SparkError
+from app.errors import BusUnavailable, Cancelled, SparkError
 from workers.actions import Action, JobContext
 from workers.hosts import HostRunners, host_outcome, mark_down
 from workers.ledger import Lease, Ledger
@@ -118,6 +118,10 @@ class Executor:
                     await self._handle(host, msg)
                 except asyncio.CancelledError:
                     raise
+                except (TimeoutError, nats.errors.Error, BusUnavailable) as exc:
+                    # the bus failed under the job (e.g. its store is full): redelivery or a
+                    # takeover finishes it once NATS can write again; one line, no traceback
+                    log.warning("bus error on %s, left for redelivery: %s", msg.subject, exc)
                 except Exception:  # a worker never dies on one message
                     log.exception("unhandled error on %s", msg.subject)
 
