@@ -149,19 +149,9 @@ class PartSigner:
 
     def urls(self, first: int, count: int) -> list[str]:
         """The URLs of parts ``first``..``first + count - 1``."""
-        prefix, rest, inner, outer = self._prefix, self._rest, self._inner, self._outer
+        sigs = self.signatures(first, count)
         start, end = self.template.prefix, self.template.suffix
-        urls: list[str] = []
-        append = urls.append
-        for n in range(first, first + count):
-            h = prefix.copy()
-            h.update(b"%d%b" % (n, rest))
-            i = inner.copy()
-            i.update(h.hexdigest().encode())
-            o = outer.copy()
-            o.update(i.digest())
-            append(f"{start}{n}{end}{o.hexdigest()}")
-        return urls
+        return [f"{start}{first + k}{end}{sigs[32 * k : 32 * k + 32].hex()}" for k in range(count)]
 
 
 class Presigner:

@@ -100,6 +100,15 @@ async def sign(
     return await client.post(f"{base}/api/v1/blob/sign", json=body, headers=auth(token))
 
 
+def reference_at(url: str, store: SeaweedS3) -> tuple[Presigner, float]:
+    """A fresh presigner for the store, and the second ``url`` was signed at."""
+    query = parse_qs(urlsplit(url).query)
+    stamp = time.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
+    now = float(time.mktime(stamp) - time.timezone)
+    return Presigner(Credentials(store.access_key, store.secret_key), store.region,
+                     store.endpoint_url), now  # fmt: skip
+
+
 def complete_xml(etags: list[str]) -> bytes:
     parts = "".join(
         f"<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
@@ -409,14 +418,7 @@ async def test_chunked_10000_part_answer_over_nats_and_audit(
         urls = ans["partUrls"]
         assert len(urls) == 10_000
         # exactly the URLs a fresh presigner makes for that upload at that second
-        query = parse_qs(urlsplit(urls[0]).query)
-        stamp = time.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
-        now = float(time.mktime(stamp) - time.timezone)
-        ref = Presigner(
-            Credentials(s3_store.access_key, s3_store.secret_key),
-            s3_store.region,
-            s3_store.endpoint_url,
-        )
+        ref, now = reference_at(urls[0], s3_store)
         assert urls == ref.part_urls(
             settings.s3_bucket or "",
             "projects/ns-a/big/weights.bin",
@@ -597,14 +599,7 @@ async def test_compact_10000_part_answer_over_nats_is_one_message_of_the_signed_
         assert s3_store.secret_key.encode() not in data
         ans = msgspec.json.decode(compact.expand(data))
         urls = ans["partUrls"]
-        query = parse_qs(urlsplit(urls[0]).query)
-        stamp = time.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
-        now = float(time.mktime(stamp) - time.timezone)
-        ref = Presigner(
-            Credentials(s3_store.access_key, s3_store.secret_key),
-            s3_store.region,
-            s3_store.endpoint_url,
-        )
+        ref, now = reference_at(urls[0], s3_store)
         bucket = settings.s3_bucket or ""
         key = "projects/ns-a/big/c.bin"
         assert urls == ref.part_urls(
